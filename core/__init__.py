@@ -1,0 +1,1 @@
+"""What training and serving share: the store format, preprocessing, datasets, metrics, engines."""

@@ -1,0 +1,230 @@
+"""The model store: on-disk layout, metadata schema, atomic publish and the "current" pointer.
+
+Layout (one writer per version, readers never block)::
+
+    <root>/<name>/<version>/        a published version, complete or absent, never overwritten
+        model.keras                 the trained Keras model (takes raw 0-255 pixels)
+        model.onnx                  optional fast serving artifact, parity-checked against model.keras
+        probe.npz                   probe inputs and the Keras outputs on them (checks engines at load)
+        metadata.json               ModelMetadata below
+        history.csv                 per-epoch training log
+        learning_curves.png         loss and accuracy, train vs validation
+    <root>/<name>/current.json      which version is served: {"version": N, "promoted_at": ..., "reason": ...}
+    <root>/<name>/.lock             taken by writers (publish, promote) only
+    <root>/<name>/.staging-*/       versions being written; invisible to readers
+
+Publishing renames a fully written, fsynced staging directory to its version number; promotion
+replaces current.json with os.replace. Both are atomic on a POSIX filesystem, so a reader sees the
+old state or the new one, never a mixture.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field, ValidationError
+
+MODEL_FILE = "model.keras"
+ONNX_FILE = "model.onnx"
+PROBE_FILE = "probe.npz"
+METADATA_FILE = "metadata.json"
+HISTORY_FILE = "history.csv"
+CURVES_FILE = "learning_curves.png"
+CURRENT_FILE = "current.json"
+LOCK_FILE = ".lock"
+STAGING_PREFIX = ".staging-"
+
+
+class StoreError(Exception):
+    """The store or one of its versions cannot be read or written as asked."""
+
+
+class VersionNotFound(StoreError):
+    """The requested version does not exist in the store."""
+
+
+class InputSpec(BaseModel):
+    shape: tuple[int, ...] = (28, 28)
+    dtype: str = "float32"
+    min_value: float = 0.0
+    max_value: float = 255.0
+
+
+class ClassMetrics(BaseModel):
+    precision: float
+    recall: float
+    f1: float
+    support: int
+
+
+class EvaluationMetrics(BaseModel):
+    count: int
+    loss: float
+    accuracy: float
+    per_class: dict[str, ClassMetrics]
+
+
+class ModelMetadata(BaseModel):
+    name: str
+    version: int = Field(default=0, description="Assigned when the version is published.")
+    created_at: datetime
+    class_names: list[str] = Field(min_length=2)
+    input: InputSpec = InputSpec()
+    training: dict[str, Any] = {}
+    epochs_run: int = 0
+    best_epoch: int = 0
+    training_seconds: float = 0.0
+    validation: EvaluationMetrics | None = None
+    test: EvaluationMetrics | None = None
+    datasets: dict[str, str] = Field(default={}, description="File name -> sha256 of the training data.")
+    framework: dict[str, str] = {}
+    artifacts: list[str] = Field(default=[], description="Serving artifacts in the version directory.")
+
+
+class CurrentPointer(BaseModel):
+    version: int
+    promoted_at: datetime
+    reason: str = ""
+
+
+class ModelStore:
+    """One model name inside a store root: its versions and which one is current."""
+
+    def __init__(self, root: Path | str, name: str) -> None:
+        if not name or "/" in name or name.startswith("."):
+            raise ValueError(f"model name must be a plain directory name, received {name!r}")
+        self.root = Path(root)
+        self.name = name
+        self.directory = self.root / name
+
+    # ---- reading (never takes the lock) ----
+
+    def versions(self) -> list[int]:
+        if not self.directory.is_dir():
+            return []
+        return sorted(int(p.name) for p in self.directory.iterdir() if p.name.isdigit() and p.is_dir())
+
+    def version_dir(self, version: int) -> Path:
+        path = self.directory / str(version)
+        if not path.is_dir():
+            raise VersionNotFound(f"model {self.name!r} has no version {version} in {self.root}")
+        return path
+
+    def read_metadata(self, version: int) -> ModelMetadata:
+        path = self.version_dir(version) / METADATA_FILE
+        try:
+            return ModelMetadata.model_validate_json(path.read_bytes())
+        except (OSError, ValidationError, ValueError) as exc:
+            raise StoreError(f"{path}: unreadable metadata ({_first_line(exc)})") from exc
+
+    def current(self) -> CurrentPointer | None:
+        path = self.directory / CURRENT_FILE
+        try:
+            return CurrentPointer.model_validate_json(path.read_bytes())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValidationError, ValueError) as exc:
+            raise StoreError(f"{path}: unreadable current pointer ({_first_line(exc)})") from exc
+
+    def current_version(self) -> int | None:
+        pointer = self.current()
+        return pointer.version if pointer else None
+
+    # ---- writing ----
+
+    @contextlib.contextmanager
+    def staging(self) -> Iterator[Path]:
+        """A private directory beside the versions to write a new version into; removed on failure."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self.directory / f"{STAGING_PREFIX}{uuid.uuid4().hex}"
+        path.mkdir()
+        try:
+            yield path
+        finally:
+            shutil.rmtree(path, ignore_errors=True)
+
+    def publish(self, staging: Path, metadata: ModelMetadata) -> int:
+        """Give the staged files the next version number, atomically; returns that number."""
+        if staging.parent != self.directory or not staging.name.startswith(STAGING_PREFIX):
+            raise StoreError(f"{staging} is not a staging directory of {self.directory}")
+        with self._locked():
+            version = max(self.versions(), default=0) + 1
+            stamped = metadata.model_copy(update={"version": version, "name": self.name})
+            (staging / METADATA_FILE).write_text(stamped.model_dump_json(indent=2) + "\n")
+            for path in staging.iterdir():
+                _fsync_file(path)
+            _fsync_dir(staging)
+            # A rename onto an existing non-empty directory fails, so a version is never overwritten.
+            os.rename(staging, self.directory / str(version))
+            _fsync_dir(self.directory)
+        return version
+
+    def promote(self, version: int, reason: str = "manual") -> None:
+        """Make an existing, readable version the current one (promotion or rollback)."""
+        with self._locked():
+            self.read_metadata(version)
+            self._write_current(version, reason)
+
+    def promote_if_better(self, version: int) -> bool:
+        """Promote when the version's validation accuracy is >= the current one's (or nothing is current)."""
+        with self._locked():
+            candidate = self.read_metadata(version)
+            current = self.current_version()
+            if current is not None and current != version:
+                incumbent = self.read_metadata(current)
+                if _validation_accuracy(candidate) < _validation_accuracy(incumbent):
+                    return False
+            self._write_current(version, "validation accuracy >= current")
+            return True
+
+    def _write_current(self, version: int, reason: str) -> None:
+        pointer = CurrentPointer(version=version, promoted_at=datetime.now(UTC), reason=reason)
+        tmp = self.directory / f".{CURRENT_FILE}.{uuid.uuid4().hex}"
+        tmp.write_text(pointer.model_dump_json() + "\n")
+        _fsync_file(tmp)
+        os.replace(tmp, self.directory / CURRENT_FILE)
+        _fsync_dir(self.directory)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        with open(self.directory / LOCK_FILE, "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _validation_accuracy(metadata: ModelMetadata) -> float:
+    return metadata.validation.accuracy if metadata.validation else float("-inf")
+
+
+def _fsync_file(path: Path) -> None:
+    if path.is_dir():
+        for child in path.iterdir():
+            _fsync_file(child)
+        _fsync_dir(path)
+        return
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

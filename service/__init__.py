@@ -1,0 +1,1 @@
+"""The HTTP service: reads the model store and serves predictions."""

@@ -1,0 +1,69 @@
+"""Everything a route needs, as named dependencies; all of it lives on app.state, built by create_app."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from service.batching import MicroBatcher
+from service.config import Settings
+from service.decoding import Limits
+from service.errors import NotFound, NotReady, Unauthorized
+from service.loader import LoadedModel, ModelManager
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_manager(request: Request) -> ModelManager:
+    manager: ModelManager = request.app.state.manager
+    return manager
+
+
+def get_model(request: Request) -> LoadedModel:
+    """The version serving this request, fixed when it starts, so a swap never changes it midway."""
+    model: LoadedModel | None = request.app.state.manager.current
+    if model is None:
+        raise NotReady("no model is loaded yet; see /health/ready")
+    return model
+
+
+def get_batcher(request: Request) -> MicroBatcher:
+    batcher: MicroBatcher = request.app.state.batcher
+    return batcher
+
+
+def get_limits(request: Request) -> Limits:
+    limits: Limits = request.app.state.limits
+    return limits
+
+
+def require_api_key(request: Request) -> None:
+    """With API_KEY set: `Authorization: Bearer KEY` or `X-API-Key: KEY`, compared in constant time."""
+    expected = request.app.state.settings.api_key
+    if expected is None:
+        return
+    supplied = request.headers.get("x-api-key")
+    authorization = request.headers.get("authorization", "")
+    if supplied is None and authorization[:7].lower() == "bearer ":
+        supplied = authorization[7:].strip()
+    if supplied is None or not hmac.compare_digest(supplied.encode(), expected.get_secret_value().encode()):
+        raise Unauthorized("a valid API key is required", headers={"WWW-Authenticate": "Bearer"})
+
+
+def require_admin(request: Request) -> None:
+    """Admin endpoints exist only when an API key is configured, and need it."""
+    if request.app.state.settings.api_key is None:
+        raise NotFound("admin endpoints are disabled: set API_KEY to enable them", code="admin_disabled")
+    require_api_key(request)
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+ManagerDep = Annotated[ModelManager, Depends(get_manager)]
+ModelDep = Annotated[LoadedModel, Depends(get_model)]
+BatcherDep = Annotated[MicroBatcher, Depends(get_batcher)]
+LimitsDep = Annotated[Limits, Depends(get_limits)]

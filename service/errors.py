@@ -1,0 +1,117 @@
+"""Typed API errors and the one place that turns every exception into a JSON error response.
+
+Body: {"error": {"code": "...", "message": "..."}}. Client mistakes are 4xx, overload and
+not-ready are 503, timeouts 504; anything unexpected is logged and becomes a generic 500.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
+
+from core.datasets import DatasetError, DatasetNotFound
+from core.preprocessing import ImageFormatMismatch, ImageTooLarge, InvalidInput
+
+logger = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    status = 400
+    code = "bad_request"
+
+    def __init__(self, message: str, *, code: str | None = None, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code:
+            self.code = code
+        self.headers = headers or {}
+
+
+class BadRequest(ApiError):
+    status = 400
+    code = "bad_request"
+
+
+class Unauthorized(ApiError):
+    status = 401
+    code = "unauthorized"
+
+
+class NotFound(ApiError):
+    status = 404
+    code = "not_found"
+
+
+class PayloadTooLarge(ApiError):
+    status = 413
+    code = "payload_too_large"
+
+
+class UnsupportedMediaType(ApiError):
+    status = 415
+    code = "unsupported_media_type"
+
+
+class InvalidRequest(ApiError):
+    status = 422
+    code = "invalid_request"
+
+
+class NotReady(ApiError):
+    status = 503
+    code = "not_ready"
+
+
+class Overloaded(ApiError):
+    status = 503
+    code = "overloaded"
+
+
+class Timeout(ApiError):
+    status = 504
+    code = "timeout"
+
+
+def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
+    body = orjson.dumps({"error": {"code": code, "message": message}})
+    return Response(body, status_code=status, headers=headers, media_type="application/json")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(_: Request, exc: ApiError) -> Response:
+        return error_response(exc.status, exc.code, exc.message, exc.headers)
+
+    @app.exception_handler(InvalidInput)
+    async def invalid_input(_: Request, exc: InvalidInput) -> Response:
+        # Too many pixels is about size, like an oversized body; a format other than the declared
+        # Content-Type is a media-type problem; the rest is unprocessable content.
+        status = 413 if isinstance(exc, ImageTooLarge) else 415 if isinstance(exc, ImageFormatMismatch) else 422
+        return error_response(status, exc.code, str(exc))
+
+    @app.exception_handler(DatasetError)
+    async def dataset_error(_: Request, exc: DatasetError) -> Response:
+        if isinstance(exc, DatasetNotFound):
+            return error_response(404, "dataset_not_found", str(exc))
+        return error_response(500, "dataset_error", str(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> Response:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(part) for part in first.get("loc", ()))
+        return error_response(422, "invalid_request", f"{where}: {first.get('msg', 'invalid request')}")
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_: Request, exc: HTTPException) -> Response:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return error_response(exc.status_code, code, str(exc.detail), dict(exc.headers or {}))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        logger.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_response(500, "internal_error", "internal server error")

@@ -1,0 +1,32 @@
+"""Liveness, readiness and the Prometheus endpoint: cheap and never authenticated."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.responses import Response
+
+from service.deps import ManagerDep
+from service.errors import NotReady
+from service.schemas import Ready, error_responses
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/health", summary="Liveness: 200 while the process works")
+async def health() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/health/ready", summary="Readiness: 200 once a model is loaded and warmed up", response_model=Ready,
+            responses=error_responses(503))
+async def ready(manager: ManagerDep) -> dict[str, object]:
+    model = manager.current
+    if model is None:
+        raise NotReady("no model is loaded yet")
+    return {"status": "ready", "model": {"name": manager.store.name, "version": model.version}}
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+async def metrics(request: Request) -> Response:
+    return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

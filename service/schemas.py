@@ -1,0 +1,105 @@
+"""Request and response shapes, for the OpenAPI document (the hot path parses bodies with NumPy)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from core.store import ClassMetrics
+
+_EXAMPLE_IMAGE = [[0] * 28 for _ in range(28)]
+
+
+class ModelRef(BaseModel):
+    name: str = Field(examples=["fashion-mnist"])
+    version: int = Field(examples=[1])
+
+
+class PredictRequest(BaseModel):
+    instances: list[list[float] | list[list[float]]] = Field(
+        description="Images as raw pixel values 0-255: each 28x28 nested or 784 flat numbers.",
+        examples=[[_EXAMPLE_IMAGE]],
+    )
+
+
+class TopClass(BaseModel):
+    class_id: int
+    class_name: str
+    probability: float
+
+
+class Prediction(BaseModel):
+    class_id: int = Field(examples=[9])
+    class_name: str = Field(examples=["Ankle boot"])
+    confidence: float = Field(examples=[0.97])
+    probabilities: list[float] = Field(description="One per class, in class_names order; they sum to 1.")
+    top_k: list[TopClass] | None = Field(None, description="Present when the top_k query parameter is given.")
+
+
+class PredictResponse(BaseModel):
+    model: ModelRef
+    class_names: list[str]
+    predictions: list[Prediction]
+
+
+class EvaluateRequest(BaseModel):
+    instances: list[list[float] | list[list[float]]] | None = Field(None, description="As for /predict.")
+    labels: list[int | str] | None = Field(None, description="One per instance: class id or class name.")
+    dataset: Literal["test"] | None = Field(None, description="Evaluate the Fashion-MNIST test set instead.")
+    limit: int | None = Field(None, ge=1, description="With dataset: only the first `limit` images.")
+
+
+class EvaluateResponse(BaseModel):
+    model: ModelRef
+    count: int
+    loss: float = Field(description="Sparse categorical cross-entropy.")
+    accuracy: float
+    per_class: dict[str, ClassMetrics]
+    class_names: list[str]
+    confusion_matrix: list[list[int]] = Field(description="Rows are true classes, columns predicted classes.")
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(examples=["invalid_pixels"])
+    message: str
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+class Ready(BaseModel):
+    status: Literal["ready"]
+    model: ModelRef
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    return {status: {"model": ErrorBody} for status in statuses}
+
+
+def image_body_doc(json_schema: type[BaseModel]) -> dict[str, Any]:
+    """OpenAPI requestBody for endpoints that accept JSON, form uploads, raw images and raw pixels."""
+    binary = {"schema": {"type": "string", "format": "binary"}}
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": json_schema.model_json_schema(ref_template="#/components/schemas/{model}")},
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {
+                            "files": {"type": "array", "items": {"type": "string", "format": "binary"}},
+                            "labels": {"type": "string", "description": "/evaluate: comma-separated labels"},
+                        },
+                    }
+                },
+                "image/*": binary,
+                "application/octet-stream": {
+                    "schema": {"type": "string", "format": "binary", "description": "N x 784 uint8 pixels"}
+                },
+                "application/x-npy": {"schema": {"type": "string", "format": "binary", "description": ".npy array"}},
+            },
+        }
+    }

@@ -1,0 +1,90 @@
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.helpers import image_bytes, synthetic_images
+
+
+def images(*labels: int) -> np.ndarray:
+    return synthetic_images(np.array(labels), seed=5)
+
+
+def test_json_instances_get_probabilities_and_the_argmax_class(client: TestClient) -> None:
+    batch = images(3, 7)
+    response = client.post("/predict", json={"instances": batch.tolist()})
+    assert response.status_code == 200
+    body = response.json()
+    assert body["model"] == {"name": "fashion-mnist", "version": 1}
+    assert len(body["class_names"]) == 10
+    assert [p["class_id"] for p in body["predictions"]] == [3, 7]
+    for prediction in body["predictions"]:
+        assert prediction["class_name"] == body["class_names"][prediction["class_id"]]
+        assert prediction["confidence"] == max(prediction["probabilities"])
+        assert sum(prediction["probabilities"]) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_flat_and_nested_instances_may_be_mixed(client: TestClient) -> None:
+    image = images(4)[0]
+    response = client.post("/predict", json={"instances": [image.ravel().tolist(), image.tolist()]})
+    first, second = response.json()["predictions"]
+    assert first["probabilities"] == pytest.approx(second["probabilities"])
+
+
+def test_top_k_lists_the_most_likely_classes_in_order(client: TestClient) -> None:
+    response = client.post("/predict?top_k=3", json={"instances": images(2).tolist()})
+    top = response.json()["predictions"][0]["top_k"]
+    assert [t["class_id"] for t in top][0] == 2
+    assert [t["probability"] for t in top] == sorted((t["probability"] for t in top), reverse=True)
+
+
+def test_png_files_in_a_form_match_their_json_pixels(client: TestClient) -> None:
+    batch = images(1, 5, 8)
+    files = [("files", (f"{i}.png", image_bytes(img), "image/png")) for i, img in enumerate(batch)]
+    from_files = client.post("/predict", files=files).json()["predictions"]
+    from_json = client.post("/predict", json={"instances": batch.tolist()}).json()["predictions"]
+    assert [p["class_id"] for p in from_files] == [1, 5, 8]
+    for a, b in zip(from_files, from_json, strict=True):
+        assert a["probabilities"] == pytest.approx(b["probabilities"], abs=1e-6)
+
+
+def test_a_raw_image_body(client: TestClient) -> None:
+    response = client.post("/predict", content=image_bytes(images(6)[0]), headers={"content-type": "image/png"})
+    assert response.json()["predictions"][0]["class_id"] == 6
+
+
+def test_a_dark_on_light_jpeg_photo_is_inverted_before_prediction(client: TestClient) -> None:
+    light_background = 255 - np.kron(images(9)[0], np.ones((8, 8), np.uint8))  # 224 x 224, inverted colours
+    data = image_bytes(light_background, "JPEG", mode="RGB", quality=95)
+    auto = client.post("/predict", files={"file": ("photo.jpg", data, "image/jpeg")}).json()
+    assert auto["predictions"][0]["class_id"] == 9
+
+
+def test_binary_octet_stream_of_uint8_pixels(client: TestClient) -> None:
+    batch = images(*range(10), *range(10))
+    response = client.post("/predict", content=batch.tobytes(), headers={"content-type": "application/octet-stream"})
+    assert [p["class_id"] for p in response.json()["predictions"]] == list(range(10)) * 2
+
+
+def test_npy_arrays(client: TestClient) -> None:
+    buffer = io.BytesIO()
+    np.save(buffer, images(0, 9).astype(np.float32))
+    response = client.post("/predict", content=buffer.getvalue(), headers={"content-type": "application/x-npy"})
+    assert [p["class_id"] for p in response.json()["predictions"]] == [0, 9]
+
+
+def test_results_follow_request_order_for_many_images(client: TestClient) -> None:
+    labels = np.random.default_rng(3).integers(0, 10, 300)
+    response = client.post("/predict", json={"instances": synthetic_images(labels, seed=9).tolist()})
+    assert [p["class_id"] for p in response.json()["predictions"]] == labels.tolist()
+
+
+def test_the_openapi_document_describes_every_input_format(client: TestClient) -> None:
+    spec = client.get("/openapi.json").json()
+    content = spec["paths"]["/predict"]["post"]["requestBody"]["content"]
+    assert set(content) >= {"application/json", "multipart/form-data", "image/*", "application/octet-stream"}
+    assert "instances" in content["application/json"]["schema"]["properties"]
+    assert "PredictResponse" in spec["components"]["schemas"]

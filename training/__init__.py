@@ -1,0 +1,1 @@
+"""Trains the classifier and publishes versions into the model store."""

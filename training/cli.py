@@ -1,0 +1,139 @@
+"""`python -m training train|list|promote`: exit 0 on success, 1 with a one-line reason otherwise."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from core.datasets import DatasetError
+from core.store import ModelStore, StoreError
+from training.config import TrainConfig
+
+DEFAULT_STORE = "models"
+DEFAULT_NAME = "fashion-mnist"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("tf2onnx").setLevel(logging.WARNING)
+    try:
+        return int(args.command(args))
+    except (ValueError, DatasetError, StoreError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _train(args: argparse.Namespace) -> int:
+    config = TrainConfig(
+        hidden_units=tuple(args.hidden_units),
+        activation=args.activation,
+        dropout_rate=args.dropout,
+        optimizer=args.optimizer,
+        learning_rate=args.learning_rate,
+        lr_schedule=args.lr_schedule,
+        label_smoothing=args.label_smoothing,
+        augment_flip=not args.no_flip,
+        batch_size=args.batch_size,
+        epochs=args.epochs,
+        patience=args.patience,
+        seed=args.seed,
+        validation_size=args.validation_size,
+        max_train_samples=args.max_train_samples,
+    )
+    store = ModelStore(args.store, args.name)
+    # TensorFlow loads only for this command; list and promote stay instant.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from core.datasets import load_fashion_mnist, load_image_folder
+    from training.train import train_and_publish
+
+    dataset = load_image_folder(args.image_dir) if args.image_dir else load_fashion_mnist(args.data_dir)
+    print(f"data: {dataset.source} ({len(dataset.train)} training images)", file=sys.stderr)
+    if args.run_dir:
+        result = train_and_publish(dataset, store, config, args.run_dir, args.promote)
+    else:
+        with tempfile.TemporaryDirectory(prefix="train-run-") as run_dir:
+            result = train_and_publish(dataset, store, config, Path(run_dir), args.promote)
+    meta = result.metadata
+    test = f", test accuracy {meta.test.accuracy:.4f}" if meta.test else ""
+    accuracy = meta.validation.accuracy if meta.validation else float("nan")
+    print(
+        f"published {store.name} version {result.version}: validation accuracy {accuracy:.4f}{test}, "
+        f"best epoch {meta.best_epoch}/{meta.epochs_run}, {meta.training_seconds:.0f}s; "
+        f"{'now current' if result.promoted else f'current stays {store.current_version()}'}"
+    )
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    store = ModelStore(args.store, args.name)
+    current = store.current_version()
+    versions = store.versions()
+    if not versions:
+        print(f"no versions of {args.name} in {args.store}")
+    for version in versions:
+        marker = "*" if version == current else " "
+        try:
+            meta = store.read_metadata(version)
+        except StoreError as exc:
+            print(f"{marker} {version:>4}  unreadable: {exc}")
+            continue
+        val = f"{meta.validation.accuracy:.4f}" if meta.validation else "-"
+        test = f"{meta.test.accuracy:.4f}" if meta.test else "-"
+        print(f"{marker} {version:>4}  {meta.created_at:%Y-%m-%d %H:%M}  val_acc {val}  test_acc {test}")
+    return 0
+
+
+def _promote(args: argparse.Namespace) -> int:
+    store = ModelStore(args.store, args.name)
+    store.promote(args.version, reason="promoted by operator")
+    print(f"{store.name} version {args.version} is now current")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+    defaults = TrainConfig()
+
+    train = commands.add_parser("train", help="train a model and publish it as a new version")
+    train.set_defaults(command=_train)
+    _store_options(train)
+    train.add_argument("--data-dir", type=Path, help="folder with the four Fashion-MNIST IDX .gz files")
+    train.add_argument("--image-dir", type=Path, help="train on root/<class_name>/*.png|jpg instead")
+    train.add_argument("--run-dir", type=Path, help="checkpoints and logs; re-run with the same one to resume")
+    train.add_argument("--promote", choices=["if-better", "always", "never"], default="if-better")
+    train.add_argument("--epochs", type=int, default=defaults.epochs)
+    train.add_argument("--max-train-samples", type=int)
+    train.add_argument("--validation-size", type=int, default=defaults.validation_size)
+    train.add_argument("--hidden-units", type=int, nargs="+", default=list(defaults.hidden_units))
+    train.add_argument("--activation", default=defaults.activation)
+    train.add_argument("--dropout", type=float, default=defaults.dropout_rate)
+    train.add_argument("--optimizer", default=defaults.optimizer)
+    train.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
+    train.add_argument("--lr-schedule", default=defaults.lr_schedule)
+    train.add_argument("--label-smoothing", type=float, default=defaults.label_smoothing)
+    train.add_argument("--no-flip", action="store_true", help="no horizontal-flip augmentation")
+    train.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    train.add_argument("--patience", type=int, default=defaults.patience)
+    train.add_argument("--seed", type=int, default=defaults.seed)
+
+    listing = commands.add_parser("list", help="list versions with metrics; * marks the current one")
+    listing.set_defaults(command=_list)
+    _store_options(listing)
+
+    promote = commands.add_parser("promote", help="make VERSION current (rollback or pin)")
+    promote.set_defaults(command=_promote)
+    _store_options(promote)
+    promote.add_argument("version", type=int)
+    return parser
+
+
+def _store_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--store", type=Path, default=Path(os.environ.get("MODEL_STORE", DEFAULT_STORE)))
+    parser.add_argument("--name", default=os.environ.get("MODEL_NAME", DEFAULT_NAME))

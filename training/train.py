@@ -1,0 +1,149 @@
+"""One training job: fit with checkpoints and resume, evaluate, and publish a version into the store."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from core.datasets import Dataset, Split
+from core.evaluation import evaluate_probabilities
+from core.store import CURVES_FILE, HISTORY_FILE, MODEL_FILE, EvaluationMetrics, ModelMetadata, ModelStore
+from training.callbacks import EpochProgress
+from training.config import TrainConfig
+from training.export import write_serving_artifacts
+from training.model import build_model, compile_model
+from training.plots import plot_learning_curves
+
+logger = logging.getLogger(__name__)
+
+PromotePolicy = Literal["if-better", "always", "never"]
+CHECKPOINT_FILE = "best.keras"
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    version: int
+    promoted: bool
+    metadata: ModelMetadata
+
+
+def train_and_publish(
+    dataset: Dataset,
+    store: ModelStore,
+    config: TrainConfig,
+    run_dir: Path,
+    promote: PromotePolicy = "if-better",
+) -> TrainResult:
+    """Train on the dataset, publish the best epoch's model as a new version, and apply the policy."""
+    train, validation = split_validation(dataset.train, config)
+    started = time.monotonic()
+    model = fit(train, validation, len(dataset.class_names), config, run_dir)
+    seconds = time.monotonic() - started
+
+    history = _read_history(run_dir / HISTORY_FILE)
+    metadata = ModelMetadata(
+        name=store.name,
+        created_at=datetime.now(UTC),
+        class_names=dataset.class_names,
+        training={**config.to_dict(), "train_samples": len(train), "dataset_source": dataset.source},
+        epochs_run=len(history["epoch"]),
+        best_epoch=int(np.argmax(history["val_accuracy"])) + 1,
+        training_seconds=round(seconds, 1),
+        validation=evaluate(model, validation, dataset.class_names),
+        test=evaluate(model, dataset.test, dataset.class_names) if dataset.test else None,
+        datasets=dataset.checksums,
+        framework={"tensorflow": tf.__version__, "keras": keras.__version__, "numpy": np.__version__},
+    )
+    with store.staging() as staging:
+        model.save(staging / MODEL_FILE)
+        shutil.copyfile(run_dir / HISTORY_FILE, staging / HISTORY_FILE)
+        plot_learning_curves(history, metadata.best_epoch, staging / CURVES_FILE)
+        artifacts = write_serving_artifacts(model, staging, validation.images[:32])
+        version = store.publish(staging, metadata.model_copy(update={"artifacts": artifacts}))
+    promoted = _apply_policy(store, version, promote)
+    return TrainResult(version, promoted, store.read_metadata(version))
+
+
+def split_validation(train: Split, config: TrainConfig) -> tuple[Split, Split]:
+    """Hold out the last validation_size images (at most a fifth of the set) for model selection."""
+    size = min(config.validation_size, len(train) // 5)
+    if size < 1:
+        raise ValueError(f"the training set has {len(train)} images, too few to hold out a validation set")
+    fit_part = Split(train.images[:-size], train.labels[:-size]).head(config.max_train_samples)
+    return fit_part, Split(train.images[-size:], train.labels[-size:])
+
+
+def fit(train: Split, validation: Split, num_classes: int, config: TrainConfig, run_dir: Path) -> keras.Model:
+    """Fit and return the best epoch's model. Re-running with the same run_dir resumes an interrupted job."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    keras.utils.set_random_seed(config.seed)
+    model = build_model(num_classes, config.hidden_units, config.activation, config.dropout_rate)
+    steps_per_epoch = int(np.ceil(len(train) * (2 if config.augment_flip else 1) / config.batch_size))
+    compile_model(model, config, steps_per_epoch)
+    callbacks = [
+        # Stop once validation accuracy has not improved for `patience` epochs; keep the best weights.
+        keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=config.patience, restore_best_weights=True),
+        # The best epoch on disk survives a crash and is what gets published.
+        keras.callbacks.ModelCheckpoint(run_dir / CHECKPOINT_FILE, monitor="val_accuracy", save_best_only=True),
+        # Saves state every epoch; a re-run with the same run_dir resumes from the last finished epoch.
+        keras.callbacks.BackupAndRestore(str(run_dir / "backup")),
+        # Append, so a resumed run keeps the epochs from before the interruption.
+        keras.callbacks.CSVLogger(str(run_dir / HISTORY_FILE), append=True),
+        EpochProgress(config.epochs),
+    ]
+    validation_data = (validation.images.astype(np.float32), _one_hot(validation.labels, num_classes))
+    model.fit(
+        _training_data(train, num_classes, config),
+        validation_data=validation_data,
+        epochs=config.epochs,
+        callbacks=callbacks,
+        verbose=0,
+    )
+    best: keras.Model = keras.models.load_model(run_dir / CHECKPOINT_FILE, compile=False)
+    return best
+
+
+def evaluate(model: keras.Model, split: Split, class_names: list[str]) -> EvaluationMetrics:
+    probabilities = model.predict(split.images.astype(np.float32), batch_size=1024, verbose=0)
+    metrics, _ = evaluate_probabilities(probabilities, split.labels, class_names)
+    return metrics
+
+
+def _training_data(train: Split, num_classes: int, config: TrainConfig) -> tf.data.Dataset:
+    images = train.images.astype(np.float32)
+    labels = _one_hot(train.labels, num_classes)
+    if config.augment_flip:
+        # Clothes look the same mirrored: each epoch sees every image and its mirror image.
+        images = np.concatenate([images, images[:, :, ::-1]])
+        labels = np.concatenate([labels, labels])
+    data = tf.data.Dataset.from_tensor_slices((images, labels))
+    data = data.shuffle(len(images), seed=config.seed, reshuffle_each_iteration=True)
+    return data.batch(config.batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def _one_hot(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    return np.eye(num_classes, dtype=np.float32)[labels]
+
+
+def _read_history(path: Path) -> dict[str, list[float]]:
+    lines = [line.split(",") for line in path.read_text().splitlines() if line.strip()]
+    header, rows = lines[0], [row for row in lines[1:] if row != lines[0]]
+    return {key: [float(row[i]) for row in rows] for i, key in enumerate(header)}
+
+
+def _apply_policy(store: ModelStore, version: int, policy: PromotePolicy) -> bool:
+    if policy == "always":
+        store.promote(version, reason="promoted by training job (always)")
+        return True
+    if policy == "if-better":
+        return store.promote_if_better(version)
+    return False
