@@ -17,8 +17,6 @@ from service.metrics import Metrics
 from service.middleware import ObservabilityMiddleware
 from service.routes import admin, evaluate, health, model, predict
 
-INLINE_MAX_IMAGES = 64
-
 
 def create_app(settings: Settings) -> FastAPI:
     metrics = Metrics()
@@ -31,7 +29,7 @@ def create_app(settings: Settings) -> FastAPI:
             max_batch_images=settings.max_batch_images,
             max_queue_images=settings.max_queue_images,
             timeout_s=settings.request_timeout_s,
-            inline_max_images=INLINE_MAX_IMAGES,
+            inline_max_images=settings.inline_max_images,
         )
         app.state.manager, app.state.batcher = manager, batcher
         batcher.start()

@@ -139,11 +139,17 @@ class MicroBatcher:
                 if not job.future.done():
                     job.future.set_exception(exc)
             return
-        self.metrics.inference_latency.observe(time.perf_counter() - started)
-        self.metrics.batch_size.observe(len(batch))
+        self._record(model, probabilities, time.perf_counter() - started)
         offset = 0
         for job in jobs:
             count = len(job.images)
             if not job.future.done():
                 job.future.set_result(probabilities[offset : offset + count])
             offset += count
+
+    def _record(self, model: LoadedModel, probabilities: np.ndarray, seconds: float) -> None:
+        self.metrics.inference_latency.observe(seconds)
+        self.metrics.batch_size.observe(len(probabilities))
+        counts = np.bincount(probabilities.argmax(axis=1), minlength=len(model.class_names))
+        for class_id in np.flatnonzero(counts):
+            self.metrics.predictions.labels(model.class_names[class_id]).inc(int(counts[class_id]))

@@ -33,6 +33,9 @@ class Settings(BaseSettings):
     max_batch_images: int = Field(512, ge=1, description="Most images coalesced into one engine call.")
     max_queue_images: int = Field(32768, ge=1, description="Queued images beyond this get 503 at once.")
     request_timeout_s: float = Field(10.0, gt=0, description="Longer waits for a result get 504.")
+    inline_max_images: int = Field(
+        64, ge=0, description="Engine calls this small run on the event loop; larger ones in a thread."
+    )
 
     poll_interval_s: float = Field(2.0, gt=0, description="How often the store is checked for a new version.")
     fashion_mnist_dir: Path | None = Field(None, description="For /evaluate {'dataset': 'test'}.")

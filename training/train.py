@@ -135,8 +135,11 @@ def _one_hot(labels: np.ndarray, num_classes: int) -> np.ndarray:
 
 
 def _read_history(path: Path) -> dict[str, list[float]]:
+    """The CSV log as columns; a resumed run appends a second header and may repeat an epoch (last wins)."""
     lines = [line.split(",") for line in path.read_text().splitlines() if line.strip()]
-    header, rows = lines[0], [row for row in lines[1:] if row != lines[0]]
+    header = lines[0]
+    by_epoch = {int(row[0]): row for row in lines[1:] if row != header}
+    rows = [by_epoch[epoch] for epoch in sorted(by_epoch)]
     return {key: [float(row[i]) for row in rows] for i, key in enumerate(header)}
 
 

@@ -1,0 +1,171 @@
+"""Evaluate, health, model metadata, metrics, authentication and request ids."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+
+from core.datasets import load_fashion_mnist
+from tests.conftest import make_client
+from tests.helpers import image_bytes, synthetic_images
+
+KEY = "s3cret-key"
+
+
+def samples(client: TestClient) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    families = text_string_to_metric_families(client.get("/metrics").text)
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value for family in families for s in family.samples}
+
+
+def test_evaluate_reports_loss_accuracy_per_class_and_confusion(client: TestClient) -> None:
+    labels = np.arange(20) % 10
+    response = client.post("/evaluate", json={"instances": synthetic_images(labels).tolist(), "labels": labels.tolist()})
+    body = response.json()
+    assert response.status_code == 200
+    assert (body["count"], body["accuracy"], body["model"]["version"]) == (20, 1.0, 1)
+    assert body["loss"] > 0
+    assert body["per_class"]["Trouser"] == {"precision": 1.0, "recall": 1.0, "f1": 1.0, "support": 2}
+    assert np.array_equal(np.array(body["confusion_matrix"]), 2 * np.eye(10))
+
+
+def test_evaluate_counts_mistakes(client: TestClient) -> None:
+    labels = np.array([0, 1, 2, 3])
+    wrong = [1, 1, 2, 3]  # the first image is labelled as the wrong class
+    body = client.post("/evaluate", json={"instances": synthetic_images(labels).tolist(), "labels": wrong}).json()
+    assert body["accuracy"] == 0.75
+    assert body["confusion_matrix"][1][0] == 1
+    assert body["per_class"]["Trouser"]["recall"] == 0.5
+
+
+def test_evaluate_accepts_image_files_with_named_labels(client: TestClient) -> None:
+    pictures = synthetic_images(np.array([8, 9]))
+    files = [("files", (f"{i}.png", image_bytes(p), "image/png")) for i, p in enumerate(pictures)]
+    response = client.post("/evaluate", files=files, data={"labels": "Bag, Ankle boot"})
+    assert (response.status_code, response.json()["accuracy"]) == (200, 1.0)
+
+
+def test_evaluate_on_the_named_test_set(tiny_store: Path, synthetic_data_dir: Path) -> None:
+    for client in make_client(tiny_store, fashion_mnist_dir=synthetic_data_dir):
+        body = client.post("/evaluate", json={"dataset": "test", "limit": 50}).json()
+        test = load_fashion_mnist(synthetic_data_dir).test
+        assert test is not None
+        assert body["count"] == 50 and sum(map(sum, body["confusion_matrix"])) == 50
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        ({"instances": [[0] * 784]}, 422, "missing_labels"),
+        ({"instances": [[0] * 784], "labels": [10]}, 422, "invalid_labels"),
+        ({"instances": [[0] * 784], "labels": ["Sock"]}, 422, "invalid_labels"),
+        ({"instances": [[0] * 784], "labels": [True]}, 422, "invalid_labels"),
+        ({"instances": [[0] * 784], "labels": [1, 2]}, 422, "invalid_labels"),
+        ({"labels": [1]}, 422, "missing_instances"),
+        ({"dataset": "train"}, 422, "invalid_dataset"),
+        ({"dataset": "test", "limit": -1}, 422, "invalid_request"),
+    ],
+)
+def test_bad_evaluate_input_gets_a_clear_error(client: TestClient, body: dict, status: int, code: str) -> None:
+    response = client.post("/evaluate", json=body)
+    assert (response.status_code, response.json()["error"]["code"]) == (status, code)
+    assert client.post("/evaluate", json={"instances": [[0] * 784], "labels": [0]}).status_code == 200
+
+
+def test_evaluate_test_set_is_404_when_the_dataset_cannot_be_found(
+    client: TestClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FASHION_MNIST_DIR", str(tmp_path))
+    monkeypatch.setattr("core.datasets.SYSTEM_DIR", tmp_path)
+    response = client.post("/evaluate", json={"dataset": "test"})
+    assert (response.status_code, response.json()["error"]["code"]) == (404, "dataset_not_found")
+
+
+def test_health_and_readiness(client: TestClient) -> None:
+    assert client.get("/health").json() == {"status": "ok"}
+    assert client.get("/health/ready").json() == {"status": "ready", "model": {"name": "fashion-mnist", "version": 1}}
+
+
+def test_not_ready_without_a_current_version(tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient as Client
+
+    from service.app import create_app
+    from service.config import Settings
+
+    with Client(create_app(Settings(model_store=tmp_path))) as client:
+        assert client.get("/health").status_code == 200
+        ready = client.get("/health/ready")
+        assert (ready.status_code, ready.json()["error"]["code"]) == (503, "not_ready")
+        predict = client.post("/predict", json={"instances": [[0] * 784]})
+        assert (predict.status_code, predict.json()["error"]["code"]) == (503, "not_ready")
+
+
+def test_model_metadata(client: TestClient) -> None:
+    body = client.get("/model").json()
+    assert body["version"] == 1 and body["engine"] == "onnx"
+    assert body["class_names"][0] == "T-shirt/top"
+    assert body["validation"]["accuracy"] > 0.9 and "created_at" in body
+    assert client.get("/models/current").json() == body
+
+
+def test_metrics_parse_and_move_with_traffic(client: TestClient) -> None:
+    before = samples(client)
+    client.post("/predict", json={"instances": synthetic_images(np.array([7, 7, 1])).tolist()})
+    client.post("/predict", json={"instances": [[999] * 784]})
+    after = samples(client)
+    ok = ("http_requests_total", (("method", "POST"), ("route", "/predict"), ("status", "200")))
+    bad = ("http_requests_total", (("method", "POST"), ("route", "/predict"), ("status", "422")))
+    assert after[ok] == before.get(ok, 0) + 1
+    assert after[bad] == before.get(bad, 0) + 1
+    sneaker = ("model_predictions_total", (("class_name", "Sneaker"),))
+    assert after[sneaker] == before.get(sneaker, 0) + 2
+    assert after[("model_batch_size_images_count", ())] > before.get(("model_batch_size_images_count", ()), 0)
+    assert after[("model_info", (("engine", "onnx"), ("name", "fashion-mnist"), ("version", "1")))] == 1
+    assert ("http_request_duration_seconds_count", (("route", "/predict"),)) in after
+    assert ("model_reloads_total", (("outcome", "success"),)) in after
+
+
+def test_request_ids_are_echoed_or_generated(client: TestClient) -> None:
+    assert client.get("/health", headers={"X-Request-ID": "abc-123"}).headers["x-request-id"] == "abc-123"
+    generated = client.get("/health", headers={"X-Request-ID": "bad id; drop"}).headers["x-request-id"]
+    assert len(generated) == 32
+
+
+@pytest.fixture(scope="module")
+def secured(tiny_store: Path) -> Iterator[TestClient]:
+    yield from make_client(tiny_store, api_key=KEY)
+
+
+@pytest.mark.parametrize("path", ["/predict", "/evaluate", "/admin/reload"])
+def test_api_key_is_required_when_configured(secured: TestClient, path: str) -> None:
+    for headers in ({}, {"X-API-Key": "wrong"}, {"Authorization": "Bearer wrong"}, {"Authorization": KEY}):
+        response = secured.post(path, json={"instances": [[0] * 784], "labels": [0]}, headers=headers)
+        assert (response.status_code, response.json()["error"]["code"]) == (401, "unauthorized")
+
+
+def test_either_header_carries_the_key(secured: TestClient) -> None:
+    body = {"instances": [[0] * 784]}
+    assert secured.post("/predict", json=body, headers={"X-API-Key": KEY}).status_code == 200
+    assert secured.post("/predict", json=body, headers={"Authorization": f"Bearer {KEY}"}).status_code == 200
+
+
+def test_health_and_metrics_stay_open_with_a_key(secured: TestClient) -> None:
+    assert secured.get("/health/ready").status_code == 200
+    assert secured.get("/metrics").status_code == 200
+
+
+def test_admin_endpoints_are_absent_without_a_key(client: TestClient) -> None:
+    response = client.post("/admin/reload")
+    assert (response.status_code, response.json()["error"]["code"]) == (404, "admin_disabled")
+
+
+def test_access_logs_never_contain_payloads(client: TestClient, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("INFO", logger="service.access")
+    client.post("/predict", json={"instances": [[123.456] * 784]}, headers={"X-Request-ID": "trace-1"})
+    record = next(r for r in caplog.records if getattr(r, "request_id", None) == "trace-1")
+    assert (record.path, record.status) == ("/predict", 200)  # type: ignore[attr-defined]
+    assert "123.456" not in caplog.text

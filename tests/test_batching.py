@@ -1,0 +1,145 @@
+"""Micro-batching: each caller gets its own rows; a full queue is 503 at once; a slow result is 504."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from core.engines import Engine, load_engine
+from core.store import ModelStore
+from service.batching import MicroBatcher
+from service.loader import LoadedModel, load_version
+from service.metrics import Metrics
+from tests.conftest import make_client
+from tests.helpers import synthetic_images, wait_until
+
+
+class GatedEngine:
+    """The real engine, held at a gate so a test can decide when a batch finishes."""
+
+    def __init__(self, inner: Engine) -> None:
+        self.inner = inner
+        self.kind = inner.kind
+        self.started = threading.Event()
+        self.gate = threading.Event()
+        self.batches: list[int] = []
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        self.batches.append(len(batch))
+        self.started.set()
+        self.gate.wait(timeout=30)
+        return self.inner.predict(batch)
+
+
+@pytest.fixture
+def model(tiny_store: Path) -> LoadedModel:
+    return load_version(ModelStore(tiny_store, "fashion-mnist"), 1, "onnx", None)
+
+
+def test_concurrent_requests_each_get_their_own_rows(model: LoadedModel) -> None:
+    rng = np.random.default_rng(0)
+    requests = [rng.uniform(0, 255, (int(rng.integers(1, 4)), 28, 28)).astype(np.float32) for _ in range(200)]
+    metrics = Metrics()
+
+    async def run() -> list[np.ndarray]:
+        batcher = MicroBatcher(metrics, max_batch_images=64, max_queue_images=10_000, timeout_s=10,
+                               inline_max_images=16)
+        batcher.start()
+        try:
+            return await asyncio.gather(*(batcher.predict(model, images) for images in requests))
+        finally:
+            await batcher.stop()
+
+    results = asyncio.run(run())
+    for images, result in zip(requests, results, strict=True):
+        assert np.allclose(result, model.engine.predict(images), atol=1e-6)
+    calls = metrics.batch_size.collect()[0].samples
+    count = next(s.value for s in calls if s.name.endswith("_count"))
+    total = next(s.value for s in calls if s.name.endswith("_sum"))
+    assert total == sum(len(r) for r in requests)
+    assert count < len(requests) / 4  # requests were coalesced into far fewer engine calls
+
+
+def test_an_idle_engine_runs_a_lone_request_at_once(model: LoadedModel) -> None:
+    async def run() -> float:
+        batcher = MicroBatcher(Metrics(), max_batch_images=64, max_queue_images=100, timeout_s=10,
+                               inline_max_images=16)
+        batcher.start()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await batcher.predict(model, np.zeros((1, 28, 28), np.float32))
+        await batcher.stop()
+        return loop.time() - started
+
+    assert asyncio.run(run()) < 0.5  # no batching window: nothing waits for company
+
+
+def test_different_versions_never_share_a_batch(model: LoadedModel) -> None:
+    other = dataclasses.replace(model, version=2)
+
+    async def run() -> list[np.ndarray]:
+        batcher = MicroBatcher(Metrics(), max_batch_images=64, max_queue_images=100, timeout_s=10,
+                               inline_max_images=64)
+        batcher.start()
+        zeros = np.zeros((1, 28, 28), np.float32)
+        try:
+            return await asyncio.gather(batcher.predict(model, zeros), batcher.predict(other, zeros))
+        finally:
+            await batcher.stop()
+
+    gated = GatedEngine(model.engine)
+    gated.gate.set()
+    model = dataclasses.replace(model, engine=gated)
+    other = dataclasses.replace(other, engine=gated)
+    asyncio.run(run())
+    assert gated.batches == [1, 1]
+
+
+@pytest.fixture
+def gated_client(tiny_store: Path) -> Iterator[tuple[TestClient, GatedEngine]]:
+    for client in make_client(tiny_store, inline_max_images=0, max_queue_images=2, request_timeout_s=1.0):
+        manager = client.app.state.manager  # type: ignore[attr-defined]
+        gated = GatedEngine(manager.current.engine)
+        manager.current = dataclasses.replace(manager.current, engine=gated)
+        yield client, gated
+        gated.gate.set()
+
+
+def test_a_full_queue_is_503_with_retry_after_at_once(gated_client: tuple[TestClient, GatedEngine]) -> None:
+    client, gated = gated_client
+    one, two = {"instances": [[0] * 784]}, {"instances": [[0] * 784] * 2}
+    with ThreadPoolExecutor(2) as pool:
+        running = pool.submit(client.post, "/predict", json=one)
+        assert gated.started.wait(10)
+        queued = pool.submit(client.post, "/predict", json=two)
+        wait_until(lambda: 'model_queue_images 2.0' in client.get("/metrics").text)
+        refused = client.post("/predict", json=one)
+        assert refused.status_code == 503
+        assert refused.json()["error"]["code"] == "overloaded"
+        assert refused.headers["retry-after"] == "1"
+        gated.gate.set()
+        assert running.result().status_code == 200
+        assert queued.result().status_code == 200
+    assert client.post("/predict", json=one).status_code == 200
+
+
+def test_a_request_that_waits_too_long_is_504(gated_client: tuple[TestClient, GatedEngine]) -> None:
+    client, gated = gated_client
+    response = client.post("/predict", json={"instances": [[0] * 784]})
+    assert (response.status_code, response.json()["error"]["code"]) == (504, "timeout")
+    gated.gate.set()
+    assert client.post("/predict", json={"instances": [[0] * 784]}).status_code == 200
+
+
+def test_engine_choice_survives_a_round_trip(tiny_store: Path) -> None:
+    engine = load_engine(tiny_store / "fashion-mnist" / "1", "keras")
+    assert engine.kind == "keras"
+    assert engine.predict(synthetic_images(np.array([3])).astype(np.float32)).argmax() == 3

@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from core.engines import EngineError, KerasEngine, OnnxEngine, load_engine, load_probe
+from core.store import ONNX_FILE, PROBE_FILE
+
+
+def version_dir(store: Path) -> Path:
+    return store / "fashion-mnist" / "1"
+
+
+def test_onnx_and_keras_engines_agree(tiny_store: Path) -> None:
+    directory = version_dir(tiny_store)
+    batch = np.random.default_rng(0).uniform(0, 255, (64, 28, 28)).astype(np.float32)
+    onnx, keras = OnnxEngine(directory / ONNX_FILE), KerasEngine(directory / "model.keras")
+    fast, reference = onnx.predict(batch), keras.predict(batch)
+    assert fast.shape == (64, 10)
+    assert np.abs(fast - reference).max() <= 1e-5
+    assert np.array_equal(fast.argmax(1), reference.argmax(1))
+
+
+def test_auto_prefers_the_onnx_artifact(tiny_store: Path) -> None:
+    assert load_engine(version_dir(tiny_store)).kind == "onnx"
+
+
+def test_a_version_without_the_artifact_falls_back_to_keras(store_copy: Path) -> None:
+    (version_dir(store_copy) / ONNX_FILE).unlink()
+    assert load_engine(version_dir(store_copy)).kind == "keras"
+
+
+def test_an_artifact_that_disagrees_with_keras_is_refused(store_copy: Path) -> None:
+    from training.model import build_model
+
+    impostor = build_model(10, hidden_units=(32,))  # same shapes, untrained weights
+    impostor(np.zeros((1, 28, 28), np.float32))
+    impostor.export(str(version_dir(store_copy) / ONNX_FILE), format="onnx", verbose=False)
+    with pytest.raises(EngineError, match="onnx engine disagrees with the published Keras outputs"):
+        load_engine(version_dir(store_copy), "onnx")
+    assert load_engine(version_dir(store_copy), "auto").kind == "keras"
+
+
+def test_a_corrupt_artifact_is_refused(store_copy: Path) -> None:
+    (version_dir(store_copy) / ONNX_FILE).write_bytes(b"garbage")
+    with pytest.raises(EngineError, match="cannot be loaded by ONNX Runtime"):
+        load_engine(version_dir(store_copy), "onnx")
+
+
+def test_a_missing_probe_means_the_version_cannot_be_verified(store_copy: Path) -> None:
+    (version_dir(store_copy) / PROBE_FILE).unlink()
+    with pytest.raises(EngineError, match="missing or unreadable probe"):
+        load_engine(version_dir(store_copy))
+
+
+def test_the_probe_covers_real_and_extreme_inputs(tiny_store: Path) -> None:
+    inputs, outputs = load_probe(version_dir(tiny_store))
+    assert inputs.shape[1:] == (28, 28) and outputs.shape == (len(inputs), 10)
+    assert inputs.min() == 0 and inputs.max() == 255
+
+
+def test_a_corrupt_keras_file_is_an_engine_error(store_copy: Path) -> None:
+    directory = version_dir(store_copy)
+    (directory / ONNX_FILE).unlink()
+    (directory / "model.keras").write_bytes(b"PK not really a zip")
+    with pytest.raises(EngineError, match="cannot be loaded by Keras"):
+        load_engine(directory)
+    shutil.rmtree(directory)
