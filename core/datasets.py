@@ -118,7 +118,9 @@ def load_image_folder(root: Path, *, invert: InvertMode = "auto") -> Dataset:
     """A dataset from root/<class_name>/*.png|jpg, preprocessed exactly as the service does uploads."""
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
     if len(class_dirs) < 2:
-        raise DatasetNotFound(f"{root}: expected one sub-folder per class (at least two), found {len(class_dirs)}")
+        raise DatasetNotFound(
+            f"{root}: expected one sub-folder per class (at least two), found {len(class_dirs)}"
+        )
     images, labels = [], []
     for label, class_dir in enumerate(class_dirs):
         for path in sorted(class_dir.iterdir()):

@@ -30,7 +30,9 @@ def evaluate_probabilities(
     true_positives = np.diag(matrix).astype(np.float64)
     predicted_counts = matrix.sum(axis=0)
     support = matrix.sum(axis=1)
-    precision = np.divide(true_positives, predicted_counts, out=np.zeros_like(true_positives), where=predicted_counts > 0)
+    precision = np.divide(
+        true_positives, predicted_counts, out=np.zeros_like(true_positives), where=predicted_counts > 0
+    )
     recall = np.divide(true_positives, support, out=np.zeros_like(true_positives), where=support > 0)
     denominator = precision + recall
     f1 = np.divide(2 * precision * recall, denominator, out=np.zeros_like(denominator), where=denominator > 0)

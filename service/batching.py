@@ -90,7 +90,9 @@ class MicroBatcher:
     def _expire(self, job: _Job) -> None:
         if not job.future.done():
             self.metrics.rejected.labels("timeout").inc()
-            job.future.set_exception(Timeout(f"no result within {self.timeout_s:g} s; the service is overloaded"))
+            job.future.set_exception(
+                Timeout(f"no result within {self.timeout_s:g} s; the service is overloaded")
+            )
 
     async def _run(self) -> None:
         while True:

@@ -18,8 +18,12 @@ class Settings(BaseSettings):
 
     model_store: Path = Field(Path("models"), description="Root folder of the model store.")
     model_name: str = Field("fashion-mnist", min_length=1, description="Which model of the store to serve.")
-    model_version: int | None = Field(None, ge=1, description="Pin this version instead of following current.")
-    engine: Literal["auto", "onnx", "keras"] = Field("auto", description="auto: ONNX when the version has it.")
+    model_version: int | None = Field(
+        None, ge=1, description="Pin this version instead of following current."
+    )
+    engine: Literal["auto", "onnx", "keras"] = Field(
+        "auto", description="auto: ONNX when the version has it."
+    )
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     api_key: SecretStr | None = Field(None, description="Unset: no authentication.")
@@ -27,7 +31,9 @@ class Settings(BaseSettings):
 
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="Larger request bodies get 413.")
     max_instances: int = Field(1024, ge=1, description="Images per JSON, image or form request.")
-    max_bulk_instances: int = Field(16384, ge=1, description="Images per binary (octet-stream or .npy) request.")
+    max_bulk_instances: int = Field(
+        16384, ge=1, description="Images per binary (octet-stream or .npy) request."
+    )
     max_image_pixels: int = Field(DEFAULT_MAX_IMAGE_PIXELS, ge=1, description="Checked before decoding.")
 
     max_batch_images: int = Field(512, ge=1, description="Most images coalesced into one engine call.")

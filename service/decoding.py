@@ -15,7 +15,14 @@ import orjson
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 
-from core.preprocessing import PIXELS_PER_IMAGE, InvalidInput, InvalidPixels, InvertMode, as_batch, decode_image
+from core.preprocessing import (
+    PIXELS_PER_IMAGE,
+    InvalidInput,
+    InvalidPixels,
+    InvertMode,
+    as_batch,
+    decode_image,
+)
 from service.errors import BadRequest, InvalidRequest, PayloadTooLarge, UnsupportedMediaType
 
 IMAGE_TYPES = {
@@ -117,7 +124,9 @@ def _numeric(value: Any) -> np.ndarray:
 
 
 def _describe(array: np.ndarray) -> str:
-    return {"b": "booleans", "U": "strings", "O": "nulls, objects or ragged lists"}.get(array.dtype.kind, str(array.dtype))
+    return {"b": "booleans", "U": "strings", "O": "nulls, objects or ragged lists"}.get(
+        array.dtype.kind, str(array.dtype)
+    )
 
 
 def decode_binary(body: bytes, media_type: str, max_images: int) -> np.ndarray:
@@ -140,7 +149,9 @@ def check_count(count: int, limit: int) -> None:
     if count == 0:
         raise InvalidRequest("no images were given", code="empty_instances")
     if count > limit:
-        raise InvalidRequest(f"{count} images in one request, more than the limit of {limit}", code="too_many_instances")
+        raise InvalidRequest(
+            f"{count} images in one request, more than the limit of {limit}", code="too_many_instances"
+        )
 
 
 async def _decode_form(request: Request, limits: Limits, invert: InvertMode) -> Decoded:
@@ -164,4 +175,6 @@ async def _decode_form(request: Request, limits: Limits, invert: InvertMode) -> 
 
 
 def _decode_image(data: bytes, declared_format: str | None, limits: Limits, invert: InvertMode) -> np.ndarray:
-    return decode_image(data, invert=invert, max_pixels=limits.max_image_pixels, expected_format=declared_format)
+    return decode_image(
+        data, invert=invert, max_pixels=limits.max_image_pixels, expected_format=declared_format
+    )

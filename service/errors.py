@@ -24,7 +24,9 @@ class ApiError(Exception):
     status = 400
     code = "bad_request"
 
-    def __init__(self, message: str, *, code: str | None = None, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, message: str, *, code: str | None = None, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         if code:
@@ -91,7 +93,9 @@ def install_error_handlers(app: FastAPI) -> None:
     async def invalid_input(_: Request, exc: InvalidInput) -> Response:
         # Too many pixels is about size, like an oversized body; a format other than the declared
         # Content-Type is a media-type problem; the rest is unprocessable content.
-        status = 413 if isinstance(exc, ImageTooLarge) else 415 if isinstance(exc, ImageFormatMismatch) else 422
+        status = (
+            413 if isinstance(exc, ImageTooLarge) else 415 if isinstance(exc, ImageFormatMismatch) else 422
+        )
         return error_response(status, exc.code, str(exc))
 
     @app.exception_handler(DatasetError)

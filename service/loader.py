@@ -47,11 +47,15 @@ class RefreshOutcome:
     error: str | None = None
 
 
-def load_version(store: ModelStore, version: int, engine_kind: str, served: LoadedModel | None) -> LoadedModel:
+def load_version(
+    store: ModelStore, version: int, engine_kind: str, served: LoadedModel | None
+) -> LoadedModel:
     """Load and verify one version; raises StoreError, EngineError or IncompatibleModel."""
     metadata = store.read_metadata(version)
     if tuple(metadata.input.shape) != INPUT_SHAPE:
-        raise IncompatibleModel(f"version {version} takes inputs of shape {metadata.input.shape}, not {INPUT_SHAPE}")
+        raise IncompatibleModel(
+            f"version {version} takes inputs of shape {metadata.input.shape}, not {INPUT_SHAPE}"
+        )
     if served is not None and metadata.class_names != served.class_names:
         raise IncompatibleModel(
             f"version {version} has classes {metadata.class_names}, the served version {served.version} "
@@ -91,7 +95,9 @@ class ModelManager:
                 return RefreshOutcome(served, False, self._failed[target])
             started = time.perf_counter()
             try:
-                loaded = await asyncio.to_thread(load_version, self.store, target, self.engine_kind, self.current)
+                loaded = await asyncio.to_thread(
+                    load_version, self.store, target, self.engine_kind, self.current
+                )
             except (StoreError, EngineError, IncompatibleModel) as exc:
                 return self._failure(target, str(exc))
             self.metrics.load_duration.observe(time.perf_counter() - started)

@@ -13,32 +13,49 @@ class Metrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
-            "http_requests", "HTTP requests by route, method and status.", ["route", "method", "status"], registry=r
+            "http_requests",
+            "HTTP requests by route, method and status.",
+            ["route", "method", "status"],
+            registry=r,
         )
         self.request_latency = Histogram(
-            "http_request_duration_seconds", "HTTP request latency.", ["route"], buckets=LATENCY_BUCKETS, registry=r
+            "http_request_duration_seconds",
+            "HTTP request latency.",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.in_flight = Gauge("http_requests_in_flight", "HTTP requests being handled.", registry=r)
         self.inference_latency = Histogram(
-            "model_inference_duration_seconds", "Engine call latency per batch.", buckets=LATENCY_BUCKETS, registry=r
+            "model_inference_duration_seconds",
+            "Engine call latency per batch.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.batch_size = Histogram(
             "model_batch_size_images", "Images per engine call.", buckets=BATCH_BUCKETS, registry=r
         )
         self.queue_time = Histogram(
-            "model_queue_duration_seconds", "Time a request waits before its batch runs.",
-            buckets=LATENCY_BUCKETS, registry=r,
+            "model_queue_duration_seconds",
+            "Time a request waits before its batch runs.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.queue_depth = Gauge("model_queue_images", "Images waiting for the engine.", registry=r)
-        self.rejected = Counter("model_rejected_requests", "Requests refused: queue full or timed out.",
-                                ["reason"], registry=r)
-        self.predictions = Counter("model_predictions", "Predicted images by class.", ["class_name"], registry=r)
+        self.rejected = Counter(
+            "model_rejected_requests", "Requests refused: queue full or timed out.", ["reason"], registry=r
+        )
+        self.predictions = Counter(
+            "model_predictions", "Predicted images by class.", ["class_name"], registry=r
+        )
         self.model_info = Gauge(
             "model_info", "The served model version (value 1).", ["name", "version", "engine"], registry=r
         )
         self.load_duration = Histogram(
-            "model_load_duration_seconds", "Time to load and verify a version.",
-            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30), registry=r,
+            "model_load_duration_seconds",
+            "Time to load and verify a version.",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=r,
         )
         self.reloads = Counter("model_reloads", "Version loads by outcome.", ["outcome"], registry=r)
         self.last_swap = Gauge(

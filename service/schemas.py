@@ -85,7 +85,9 @@ def image_body_doc(json_schema: type[BaseModel]) -> dict[str, Any]:
         "requestBody": {
             "required": True,
             "content": {
-                "application/json": {"schema": json_schema.model_json_schema(ref_template="#/components/schemas/{model}")},
+                "application/json": {
+                    "schema": json_schema.model_json_schema(ref_template="#/components/schemas/{model}")
+                },
                 "multipart/form-data": {
                     "schema": {
                         "type": "object",
@@ -99,7 +101,9 @@ def image_body_doc(json_schema: type[BaseModel]) -> dict[str, Any]:
                 "application/octet-stream": {
                     "schema": {"type": "string", "format": "binary", "description": "N x 784 uint8 pixels"}
                 },
-                "application/x-npy": {"schema": {"type": "string", "format": "binary", "description": ".npy array"}},
+                "application/x-npy": {
+                    "schema": {"type": "string", "format": "binary", "description": ".npy array"}
+                },
             },
         }
     }

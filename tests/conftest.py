@@ -25,7 +25,9 @@ def real_dataset() -> Dataset:
     """The real Fashion-MNIST; under REQUIRE_DATASET=1 (CI) its absence fails instead of skipping."""
     if find_fashion_mnist() is None:
         if os.environ.get("REQUIRE_DATASET") == "1":
-            pytest.fail("REQUIRE_DATASET=1 but Fashion-MNIST is missing: apt-get install dataset-fashion-mnist")
+            pytest.fail(
+                "REQUIRE_DATASET=1 but Fashion-MNIST is missing: apt-get install dataset-fashion-mnist"
+            )
         pytest.skip("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
     return load_fashion_mnist(allow_download=False)
 
@@ -43,7 +45,12 @@ def tiny_store(tmp_path_factory: pytest.TempPathFactory, synthetic_data_dir: Pat
 
     root = tmp_path_factory.mktemp("store")
     config = TrainConfig(
-        hidden_units=(32,), epochs=6, batch_size=32, learning_rate=3e-3, validation_size=100, augment_flip=False
+        hidden_units=(32,),
+        epochs=6,
+        batch_size=32,
+        learning_rate=3e-3,
+        validation_size=100,
+        augment_flip=False,
     )
     dataset = load_fashion_mnist(synthetic_data_dir)
     train_and_publish(dataset, ModelStore(root, "fashion-mnist"), config, tmp_path_factory.mktemp("run"))

@@ -41,7 +41,11 @@ def write_fashion_mnist(folder: Path, train_size: int = 600, test_size: int = 20
     rng = np.random.default_rng(1)
     for split, size in (("train", train_size), ("test", test_size)):
         labels = rng.integers(0, 10, size=size).astype(np.uint8)
-        write_idx(folder / FASHION_MNIST_FILES[f"{split}_images"], synthetic_images(labels, seed=size), IDX_IMAGES_MAGIC)
+        write_idx(
+            folder / FASHION_MNIST_FILES[f"{split}_images"],
+            synthetic_images(labels, seed=size),
+            IDX_IMAGES_MAGIC,
+        )
         write_idx(folder / FASHION_MNIST_FILES[f"{split}_labels"], labels, IDX_LABELS_MAGIC)
     return folder
 
@@ -62,7 +66,12 @@ def png_declaring(width: int, height: int) -> bytes:
         return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
 
     header = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, 0, 0, 0, 0])
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+        + chunk(b"IEND", b"")
+    )
 
 
 def wait_until(condition: Callable[[], bool], timeout_s: float = 20.0, interval_s: float = 0.02) -> None:

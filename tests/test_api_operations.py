@@ -24,7 +24,9 @@ def samples(client: TestClient) -> dict[tuple[str, tuple[tuple[str, str], ...]],
 
 def test_evaluate_reports_loss_accuracy_per_class_and_confusion(client: TestClient) -> None:
     labels = np.arange(20) % 10
-    response = client.post("/evaluate", json={"instances": synthetic_images(labels).tolist(), "labels": labels.tolist()})
+    response = client.post(
+        "/evaluate", json={"instances": synthetic_images(labels).tolist(), "labels": labels.tolist()}
+    )
     body = response.json()
     assert response.status_code == 200
     assert (body["count"], body["accuracy"], body["model"]["version"]) == (20, 1.0, 1)
@@ -36,7 +38,9 @@ def test_evaluate_reports_loss_accuracy_per_class_and_confusion(client: TestClie
 def test_evaluate_counts_mistakes(client: TestClient) -> None:
     labels = np.array([0, 1, 2, 3])
     wrong = [1, 1, 2, 3]  # the first image is labelled as the wrong class
-    body = client.post("/evaluate", json={"instances": synthetic_images(labels).tolist(), "labels": wrong}).json()
+    body = client.post(
+        "/evaluate", json={"instances": synthetic_images(labels).tolist(), "labels": wrong}
+    ).json()
     assert body["accuracy"] == 0.75
     assert body["confusion_matrix"][1][0] == 1
     assert body["per_class"]["Trouser"]["recall"] == 0.5
@@ -70,7 +74,9 @@ def test_evaluate_on_the_named_test_set(tiny_store: Path, synthetic_data_dir: Pa
         ({"dataset": "test", "limit": -1}, 422, "invalid_request"),
     ],
 )
-def test_bad_evaluate_input_gets_a_clear_error(client: TestClient, body: dict, status: int, code: str) -> None:
+def test_bad_evaluate_input_gets_a_clear_error(
+    client: TestClient, body: dict, status: int, code: str
+) -> None:
     response = client.post("/evaluate", json=body)
     assert (response.status_code, response.json()["error"]["code"]) == (status, code)
     assert client.post("/evaluate", json={"instances": [[0] * 784], "labels": [0]}).status_code == 200
@@ -87,7 +93,10 @@ def test_evaluate_test_set_is_404_when_the_dataset_cannot_be_found(
 
 def test_health_and_readiness(client: TestClient) -> None:
     assert client.get("/health").json() == {"status": "ok"}
-    assert client.get("/health/ready").json() == {"status": "ready", "model": {"name": "fashion-mnist", "version": 1}}
+    assert client.get("/health/ready").json() == {
+        "status": "ready",
+        "model": {"name": "fashion-mnist", "version": 1},
+    }
 
 
 def test_not_ready_without_a_current_version(tmp_path: Path) -> None:

@@ -37,7 +37,7 @@ def test_flat_and_nested_instances_may_be_mixed(client: TestClient) -> None:
 def test_top_k_lists_the_most_likely_classes_in_order(client: TestClient) -> None:
     response = client.post("/predict?top_k=3", json={"instances": images(2).tolist()})
     top = response.json()["predictions"][0]["top_k"]
-    assert [t["class_id"] for t in top][0] == 2
+    assert top[0]["class_id"] == 2
     assert [t["probability"] for t in top] == sorted((t["probability"] for t in top), reverse=True)
 
 
@@ -52,7 +52,9 @@ def test_png_files_in_a_form_match_their_json_pixels(client: TestClient) -> None
 
 
 def test_a_raw_image_body(client: TestClient) -> None:
-    response = client.post("/predict", content=image_bytes(images(6)[0]), headers={"content-type": "image/png"})
+    response = client.post(
+        "/predict", content=image_bytes(images(6)[0]), headers={"content-type": "image/png"}
+    )
     assert response.json()["predictions"][0]["class_id"] == 6
 
 
@@ -65,14 +67,18 @@ def test_a_dark_on_light_jpeg_photo_is_inverted_before_prediction(client: TestCl
 
 def test_binary_octet_stream_of_uint8_pixels(client: TestClient) -> None:
     batch = images(*range(10), *range(10))
-    response = client.post("/predict", content=batch.tobytes(), headers={"content-type": "application/octet-stream"})
+    response = client.post(
+        "/predict", content=batch.tobytes(), headers={"content-type": "application/octet-stream"}
+    )
     assert [p["class_id"] for p in response.json()["predictions"]] == list(range(10)) * 2
 
 
 def test_npy_arrays(client: TestClient) -> None:
     buffer = io.BytesIO()
     np.save(buffer, images(0, 9).astype(np.float32))
-    response = client.post("/predict", content=buffer.getvalue(), headers={"content-type": "application/x-npy"})
+    response = client.post(
+        "/predict", content=buffer.getvalue(), headers={"content-type": "application/x-npy"}
+    )
     assert [p["class_id"] for p in response.json()["predictions"]] == [0, 9]
 
 

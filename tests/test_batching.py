@@ -50,8 +50,9 @@ def test_concurrent_requests_each_get_their_own_rows(model: LoadedModel) -> None
     metrics = Metrics()
 
     async def run() -> list[np.ndarray]:
-        batcher = MicroBatcher(metrics, max_batch_images=64, max_queue_images=10_000, timeout_s=10,
-                               inline_max_images=16)
+        batcher = MicroBatcher(
+            metrics, max_batch_images=64, max_queue_images=10_000, timeout_s=10, inline_max_images=16
+        )
         batcher.start()
         try:
             return await asyncio.gather(*(batcher.predict(model, images) for images in requests))
@@ -70,8 +71,9 @@ def test_concurrent_requests_each_get_their_own_rows(model: LoadedModel) -> None
 
 def test_an_idle_engine_runs_a_lone_request_at_once(model: LoadedModel) -> None:
     async def run() -> float:
-        batcher = MicroBatcher(Metrics(), max_batch_images=64, max_queue_images=100, timeout_s=10,
-                               inline_max_images=16)
+        batcher = MicroBatcher(
+            Metrics(), max_batch_images=64, max_queue_images=100, timeout_s=10, inline_max_images=16
+        )
         batcher.start()
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -86,8 +88,9 @@ def test_different_versions_never_share_a_batch(model: LoadedModel) -> None:
     other = dataclasses.replace(model, version=2)
 
     async def run() -> list[np.ndarray]:
-        batcher = MicroBatcher(Metrics(), max_batch_images=64, max_queue_images=100, timeout_s=10,
-                               inline_max_images=64)
+        batcher = MicroBatcher(
+            Metrics(), max_batch_images=64, max_queue_images=100, timeout_s=10, inline_max_images=64
+        )
         batcher.start()
         zeros = np.zeros((1, 28, 28), np.float32)
         try:
@@ -120,7 +123,7 @@ def test_a_full_queue_is_503_with_retry_after_at_once(gated_client: tuple[TestCl
         running = pool.submit(client.post, "/predict", json=one)
         assert gated.started.wait(10)
         queued = pool.submit(client.post, "/predict", json=two)
-        wait_until(lambda: 'model_queue_images 2.0' in client.get("/metrics").text)
+        wait_until(lambda: "model_queue_images 2.0" in client.get("/metrics").text)
         refused = client.post("/predict", json=one)
         assert refused.status_code == 503
         assert refused.json()["error"]["code"] == "overloaded"

@@ -38,14 +38,16 @@ def test_truncated_data_reports_expected_and_found_sizes(tmp_path: Path) -> None
     data = idx_bytes(np.zeros((3, 28, 28), np.uint8), IDX_IMAGES_MAGIC)[:-100]
     path = tmp_path / "short.gz"
     path.write_bytes(gzip.compress(data))
-    with pytest.raises(DatasetError, match=r"short.gz: size mismatch, header says \[3, 28, 28\] \(2352 bytes"):
+    with pytest.raises(
+        DatasetError, match=r"short.gz: size mismatch, header says \[3, 28, 28\] \(2352 bytes"
+    ):
         read_idx(path, IDX_IMAGES_MAGIC)
 
 
 def test_truncated_gzip_stream_is_a_clear_error(tmp_path: Path) -> None:
     path = tmp_path / "cut.gz"
     path.write_bytes(gzip.compress(idx_bytes(np.zeros((3, 28, 28), np.uint8), IDX_IMAGES_MAGIC))[:40])
-    with pytest.raises(DatasetError, match="cut.gz: cannot be read or decompressed"):
+    with pytest.raises(DatasetError, match=r"cut\.gz: cannot be read or decompressed"):
         read_idx(path, IDX_IMAGES_MAGIC)
 
 
@@ -73,11 +75,13 @@ def test_lookup_prefers_data_dir_then_environment(tmp_path: Path, monkeypatch: p
 
 
 def test_an_explicit_data_dir_without_the_files_is_an_error(tmp_path: Path) -> None:
-    with pytest.raises(DatasetNotFound, match="missing train-images-idx3-ubyte.gz"):
+    with pytest.raises(DatasetNotFound, match=r"missing train-images-idx3-ubyte\.gz"):
         find_fashion_mnist(tmp_path)
 
 
-def test_no_copy_and_no_download_is_dataset_not_found(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_no_copy_and_no_download_is_dataset_not_found(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv(ENV_VAR, str(tmp_path / "nowhere"))
     monkeypatch.setattr("core.datasets.SYSTEM_DIR", tmp_path / "nowhere")
     with pytest.raises(DatasetNotFound, match="FASHION_MNIST_DIR"):

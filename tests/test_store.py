@@ -109,7 +109,7 @@ def test_current_pointer_is_plain_json(tmp_path: Path) -> None:
 
 
 def test_model_names_must_be_plain_directory_names(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="received '../x'"):
+    with pytest.raises(ValueError, match=r"received '\.\./x'"):
         ModelStore(tmp_path, "../x")
 
 

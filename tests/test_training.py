@@ -21,7 +21,11 @@ pytestmark = pytest.mark.slow
 def cli(*args: str | Path, check: bool = True) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     result = subprocess.run(
-        [sys.executable, "-m", "training", *map(str, args)], cwd=REPO, env=env, capture_output=True, text=True,
+        [sys.executable, "-m", "training", *map(str, args)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
         timeout=300,
     )
     if check:
@@ -30,8 +34,25 @@ def cli(*args: str | Path, check: bool = True) -> subprocess.CompletedProcess[st
 
 
 def train(store: Path, data: Path, *extra: str | Path) -> subprocess.CompletedProcess[str]:
-    return cli("train", "--store", store, "--data-dir", data, "--epochs", "2", "--max-train-samples", "300",
-               "--validation-size", "100", "--batch-size", "32", "--hidden-units", "16", "--no-flip", *extra)
+    return cli(
+        "train",
+        "--store",
+        store,
+        "--data-dir",
+        data,
+        "--epochs",
+        "2",
+        "--max-train-samples",
+        "300",
+        "--validation-size",
+        "100",
+        "--batch-size",
+        "32",
+        "--hidden-units",
+        "16",
+        "--no-flip",
+        *extra,
+    )
 
 
 def test_train_publishes_version_one_and_makes_it_current(tmp_path: Path, synthetic_data_dir: Path) -> None:
@@ -62,7 +83,9 @@ def test_policies_list_and_rollback(tmp_path: Path, synthetic_data_dir: Path) ->
 def test_failures_exit_non_zero_with_a_one_line_reason(tmp_path: Path) -> None:
     missing = cli("promote", "4", "--store", tmp_path, check=False)
     assert missing.returncode == 1
-    assert missing.stderr.strip().splitlines() == [f"error: model 'fashion-mnist' has no version 4 in {tmp_path}"]
+    assert missing.stderr.strip().splitlines() == [
+        f"error: model 'fashion-mnist' has no version 4 in {tmp_path}"
+    ]
     bad = cli("train", "--store", tmp_path, "--data-dir", tmp_path, "--dropout", "1.5", check=False)
     assert (bad.returncode, bad.stderr.strip()) == (1, "error: dropout_rate must be in [0, 1), received 1.5")
     no_data = cli("train", "--store", tmp_path, "--data-dir", tmp_path, check=False)
@@ -71,9 +94,31 @@ def test_failures_exit_non_zero_with_a_one_line_reason(tmp_path: Path) -> None:
 
 def test_a_killed_job_resumes_from_its_last_epoch(tmp_path: Path, synthetic_data_dir: Path) -> None:
     run_dir, store = tmp_path / "run", tmp_path / "store"
-    command = [sys.executable, "-m", "training", "train", "--store", str(store), "--data-dir", str(synthetic_data_dir),
-               "--run-dir", str(run_dir), "--epochs", "40", "--patience", "40", "--max-train-samples", "300",
-               "--validation-size", "100", "--batch-size", "16", "--hidden-units", "16", "--no-flip"]
+    command = [
+        sys.executable,
+        "-m",
+        "training",
+        "train",
+        "--store",
+        str(store),
+        "--data-dir",
+        str(synthetic_data_dir),
+        "--run-dir",
+        str(run_dir),
+        "--epochs",
+        "40",
+        "--patience",
+        "40",
+        "--max-train-samples",
+        "300",
+        "--validation-size",
+        "100",
+        "--batch-size",
+        "16",
+        "--hidden-units",
+        "16",
+        "--no-flip",
+    ]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     job = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     history = run_dir / HISTORY_FILE

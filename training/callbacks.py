@@ -26,9 +26,12 @@ class EpochProgress(keras.callbacks.Callback):
         self._epochs_timed += 1
         per_epoch = (time.monotonic() - self._started) / self._epochs_timed
         remaining = per_epoch * (self.total_epochs - epoch - 1)
-        metrics = "  ".join(f"{key} {value:.4f}" for key, value in (logs or {}).items() if key != "learning_rate")
+        metrics = "  ".join(
+            f"{key} {value:.4f}" for key, value in (logs or {}).items() if key != "learning_rate"
+        )
+        eta = _duration(remaining)
         print(
-            f"epoch {epoch + 1}/{self.total_epochs}  {metrics}  {per_epoch:.1f}s/epoch  ETA {_duration(remaining)}",
+            f"epoch {epoch + 1}/{self.total_epochs}  {metrics}  {per_epoch:.1f}s/epoch  ETA {eta}",
             file=sys.stderr,
             flush=True,
         )

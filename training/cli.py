@@ -106,7 +106,9 @@ def _parser() -> argparse.ArgumentParser:
     _store_options(train)
     train.add_argument("--data-dir", type=Path, help="folder with the four Fashion-MNIST IDX .gz files")
     train.add_argument("--image-dir", type=Path, help="train on root/<class_name>/*.png|jpg instead")
-    train.add_argument("--run-dir", type=Path, help="checkpoints and logs; re-run with the same one to resume")
+    train.add_argument(
+        "--run-dir", type=Path, help="checkpoints and logs; re-run with the same one to resume"
+    )
     train.add_argument("--promote", choices=["if-better", "always", "never"], default="if-better")
     train.add_argument("--epochs", type=int, default=defaults.epochs)
     train.add_argument("--max-train-samples", type=int)

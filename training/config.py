@@ -32,7 +32,9 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _require(
-            bool(self.hidden_units) and all(u > 0 for u in self.hidden_units), "hidden_units", self.hidden_units
+            bool(self.hidden_units) and all(u > 0 for u in self.hidden_units),
+            "hidden_units",
+            self.hidden_units,
         )
         _require(self.activation in ACTIVATIONS, "activation", self.activation, f"one of {ACTIVATIONS}")
         _require(0.0 <= self.dropout_rate < 1.0, "dropout_rate", self.dropout_rate, "in [0, 1)")

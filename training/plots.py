@@ -8,7 +8,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only; never needs a display
 
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 
 def plot_learning_curves(history: dict[str, list[float]], best_epoch: int, path: Path) -> None:

@@ -91,9 +91,13 @@ def fit(train: Split, validation: Split, num_classes: int, config: TrainConfig, 
     compile_model(model, config, steps_per_epoch)
     callbacks = [
         # Stop once validation accuracy has not improved for `patience` epochs; keep the best weights.
-        keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=config.patience, restore_best_weights=True),
+        keras.callbacks.EarlyStopping(
+            monitor="val_accuracy", patience=config.patience, restore_best_weights=True
+        ),
         # The best epoch on disk survives a crash and is what gets published.
-        keras.callbacks.ModelCheckpoint(run_dir / CHECKPOINT_FILE, monitor="val_accuracy", save_best_only=True),
+        keras.callbacks.ModelCheckpoint(
+            run_dir / CHECKPOINT_FILE, monitor="val_accuracy", save_best_only=True
+        ),
         # Saves state every epoch; a re-run with the same run_dir resumes from the last finished epoch.
         keras.callbacks.BackupAndRestore(str(run_dir / "backup")),
         # Append, so a resumed run keeps the epochs from before the interruption.

@@ -10,8 +10,12 @@ from core.store import StoreError
 from service.deps import ManagerDep, require_admin
 from service.schemas import error_responses
 
-router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)],
-                   responses=error_responses(401, 404))
+router = APIRouter(
+    prefix="/admin",
+    tags=["admin"],
+    dependencies=[Depends(require_admin)],
+    responses=error_responses(401, 404),
+)
 
 
 @router.post("/reload", summary="Check the store now and swap to its current version if it passes")
@@ -38,5 +42,10 @@ async def versions(manager: ManagerDep) -> dict[str, Any]:
         except StoreError as exc:
             row["error"] = str(exc)
         rows.append(row)
-    return {"name": store.name, "current": store.current_version(), "pinned": manager.pinned,
-            "served": served, "versions": rows}
+    return {
+        "name": store.name,
+        "current": store.current_version(),
+        "pinned": manager.pinned,
+        "served": served,
+        "versions": rows,
+    }

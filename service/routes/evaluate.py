@@ -26,8 +26,8 @@ router = APIRouter(tags=["inference"], dependencies=[Depends(require_api_key)])
     "/evaluate",
     summary="Evaluate the served model on labelled images",
     description=(
-        "JSON `{\"instances\": [...], \"labels\": [...]}`, image files with a `labels` form field "
-        "(comma-separated class ids or names, one per file), or `{\"dataset\": \"test\"}` for the "
+        'JSON `{"instances": [...], "labels": [...]}`, image files with a `labels` form field '
+        '(comma-separated class ids or names, one per file), or `{"dataset": "test"}` for the '
         "Fashion-MNIST test set (optionally `limit`)."
     ),
     response_model=EvaluateResponse,
@@ -45,9 +45,13 @@ async def evaluate(
     if decoded.fields.get("dataset") is not None:
         split = await _named_dataset(request, decoded.fields, settings.fashion_mnist_dir)
     elif len(decoded.images):
-        split = Split(decoded.images, parse_labels(decoded.fields.get("labels"), len(decoded.images), model.class_names))
+        split = Split(
+            decoded.images, parse_labels(decoded.fields.get("labels"), len(decoded.images), model.class_names)
+        )
     else:
-        raise InvalidRequest("send instances (or image files) with labels, or a dataset", code="missing_instances")
+        raise InvalidRequest(
+            "send instances (or image files) with labels, or a dataset", code="missing_instances"
+        )
     # Evaluation batches are large: run them off the event loop, outside the request batcher.
     probabilities = await run_in_threadpool(model.engine.predict, split.images.astype(np.float32, copy=False))
     metrics, matrix = evaluate_probabilities(probabilities, split.labels, model.class_names)
@@ -68,7 +72,9 @@ def parse_labels(raw: Any, count: int, class_names: list[str]) -> np.ndarray:
         raw = orjson.loads(raw) if raw.lstrip().startswith("[") else [part.strip() for part in raw.split(",")]
     if not isinstance(raw, list) or len(raw) != count:
         received = len(raw) if isinstance(raw, list) else type(raw).__name__
-        raise InvalidRequest(f"expected {count} labels, one per image, received {received}", code="invalid_labels")
+        raise InvalidRequest(
+            f"expected {count} labels, one per image, received {received}", code="invalid_labels"
+        )
     return np.asarray([_class_id(label, class_names) for label in raw], dtype=np.int64)
 
 
@@ -80,13 +86,16 @@ def _class_id(label: Any, class_names: list[str]) -> int:
     if isinstance(label, str) and label in class_names:
         return class_names.index(label)
     raise InvalidRequest(
-        f"label {label!r} is not a class: use 0-{len(class_names) - 1} or one of {class_names}", code="invalid_labels"
+        f"label {label!r} is not a class: use 0-{len(class_names) - 1} or one of {class_names}",
+        code="invalid_labels",
     )
 
 
 async def _named_dataset(request: Request, fields: dict[str, Any], data_dir: Any) -> Split:
     if fields["dataset"] != "test":
-        raise InvalidRequest(f"unknown dataset {fields['dataset']!r}; the only one is 'test'", code="invalid_dataset")
+        raise InvalidRequest(
+            f"unknown dataset {fields['dataset']!r}; the only one is 'test'", code="invalid_dataset"
+        )
     limit = fields.get("limit")
     if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
         raise InvalidRequest(f"limit must be a positive integer, received {limit!r}", code="invalid_request")

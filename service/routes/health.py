@@ -18,8 +18,12 @@ async def health() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/health/ready", summary="Readiness: 200 once a model is loaded and warmed up", response_model=Ready,
-            responses=error_responses(503))
+@router.get(
+    "/health/ready",
+    summary="Readiness: 200 once a model is loaded and warmed up",
+    response_model=Ready,
+    responses=error_responses(503),
+)
 async def ready(manager: ManagerDep) -> dict[str, object]:
     model = manager.current
     if model is None:

@@ -23,9 +23,10 @@ router = APIRouter(tags=["inference"], dependencies=[Depends(require_api_key)])
     "/predict",
     summary="Classify images",
     description=(
-        "Send JSON `{\"instances\": [...]}` (raw 0-255 pixels, 28x28 nested or 784 flat), image files as "
+        'Send JSON `{"instances": [...]}` (raw 0-255 pixels, 28x28 nested or 784 flat), image files as '
         "multipart/form-data, one image as `image/*`, or many as `application/octet-stream` (N x 784 uint8) "
-        "or `application/x-npy`. Photos are fitted to 28x28 grayscale; `invert` controls dark-on-light inversion."
+        "or `application/x-npy`. Photos are fitted to 28x28 grayscale; `invert` controls whether "
+        "dark-on-light images are inverted."
     ),
     response_model=PredictResponse,
     responses=error_responses(400, 401, 413, 415, 422, 503, 504),
@@ -36,7 +37,9 @@ async def predict(
     model: ModelDep,
     batcher: BatcherDep,
     limits: LimitsDep,
-    invert: InvertMode = Query("auto", description="Invert image uploads: auto (dark-on-light only), true, false."),
+    invert: InvertMode = Query(
+        "auto", description="Invert image uploads: auto (dark-on-light only), true, false."
+    ),
     top_k: int | None = Query(None, ge=1, description="Also list the k most likely classes per image."),
 ) -> Response:
     decoded = await decode_request(request, limits, invert)
@@ -58,6 +61,11 @@ def prediction_body(model: LoadedModel, probabilities: np.ndarray, top_k: int | 
     if top_k:
         ranked = np.argsort(-probabilities, axis=1, kind="stable")[:, :top_k].tolist()
         for prediction, ids, row in zip(predictions, ranked, rows, strict=True):
-            prediction["top_k"] = [{"class_id": i, "class_name": names[i], "probability": row[i]} for i in ids]
-    return {"model": {"name": model.metadata.name, "version": model.version}, "class_names": names,
-            "predictions": predictions}
+            prediction["top_k"] = [
+                {"class_id": i, "class_name": names[i], "probability": row[i]} for i in ids
+            ]
+    return {
+        "model": {"name": model.metadata.name, "version": model.version},
+        "class_names": names,
+        "predictions": predictions,
+    }
