@@ -44,7 +44,7 @@ format: install-dev
 bench: install-dev
 	$(BIN)/python -m bench
 
-docker-test:
+docker-test: install-dev
 	bash tests/container/run.sh
 
 clean:

@@ -69,3 +69,27 @@ def test_a_corrupt_keras_file_is_an_engine_error(store_copy: Path) -> None:
     with pytest.raises(EngineError, match="cannot be loaded by Keras"):
         load_engine(directory)
     shutil.rmtree(directory)
+
+
+def test_serving_with_the_onnx_engine_never_imports_tensorflow(tiny_store: Path) -> None:
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    script = (
+        "import sys\n"
+        "from service.app import create_app\n"
+        "from service.config import Settings\n"
+        "from fastapi.testclient import TestClient\n"
+        "from tests.helpers import wait_until\n"
+        f"with TestClient(create_app(Settings(model_store={str(tiny_store)!r}))) as client:\n"
+        "    wait_until(lambda: client.get('/health/ready').status_code == 200)\n"
+        "    assert client.post('/predict', json={'instances': [[0] * 784]}).status_code == 200\n"
+        "    assert client.get('/model').json()['engine'] == 'onnx'\n"
+        "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, 'TensorFlow was imported'\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
-from core.datasets import Split, load_fashion_mnist
+from core.datasets import FASHION_MNIST_CLASSES, Split, load_fashion_mnist
 from core.evaluation import evaluate_probabilities
 from core.preprocessing import InvertMode
 from service.decoding import decode_request
@@ -43,6 +43,8 @@ async def evaluate(
 ) -> Response:
     decoded = await decode_request(request, limits, invert)
     if decoded.fields.get("dataset") is not None:
+        if model.class_names != FASHION_MNIST_CLASSES:
+            raise InvalidRequest("the served model's classes are not Fashion-MNIST's", code="invalid_dataset")
         split = await _named_dataset(request, decoded.fields, settings.fashion_mnist_dir)
     elif len(decoded.images):
         split = Split(

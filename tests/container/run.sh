@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# Builds the image and tests it for real: serve, predict, metrics, a training container publishing into a
+# shared volume, the serving container switching to it, and a clean `docker stop`. Fails loudly, never skips.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+IMAGE=${IMAGE:-fashion-serving:test}
+PORT=${PORT:-18080}
+VOLUME=fashion-serving-test-models
+SERVE=fashion-serving-test-serve
+PYTHON=${PYTHON:-.venv/bin/python}
+DATA_DIR=${FASHION_MNIST_DIR:-/usr/share/datasets/fashion-mnist}
+log() { printf '[container-test] %s\n' "$*"; }
+fail() { log "FAIL: $*"; exit 1; }
+elapsed() { awk -v start="$1" -v now="$(date +%s.%N)" 'BEGIN { printf "%.2f", now - start }'; }
+
+start_engine() {
+  docker info >/dev/null 2>&1 && return 0
+  command -v dockerd >/dev/null || { apt-get update -qq && apt-get install -y -qq docker.io >/dev/null; }
+  log "starting dockerd (vfs storage driver)"
+  mkdir -p /var/lib/docker-vfs
+  (dockerd --data-root /var/lib/docker-vfs --storage-driver vfs >/tmp/dockerd.log 2>&1 &)
+  for _ in $(seq 60); do docker info >/dev/null 2>&1 && return 0; sleep 1; done
+  tail -20 /tmp/dockerd.log || true
+  fail "the Docker engine did not start"
+}
+
+# The official base where a registry is reachable; otherwise a stand-in for python:3.11-slim built with
+# debootstrap (Debian bookworm has Python 3.11), carrying the host's CA bundle for pip.
+pick_base() {
+  if [ -n "${BASE_IMAGE:-}" ]; then echo "$BASE_IMAGE"; return; fi
+  if docker image inspect python:3.11-slim >/dev/null 2>&1 || timeout 60 docker pull -q python:3.11-slim >/dev/null 2>&1; then
+    echo python:3.11-slim; return
+  fi
+  local base=local/python-base:3.11
+  if ! docker image inspect "$base" >/dev/null 2>&1; then
+    command -v debootstrap >/dev/null || apt-get install -y -qq debootstrap >/dev/null
+    local rootfs; rootfs=$(mktemp -d)
+    log "building stand-in base image $base with debootstrap" >&2
+    debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates bookworm "$rootfs" >/dev/null
+    cp /etc/ssl/certs/ca-certificates.crt "$rootfs/etc/ssl/certs/ca-certificates.crt"
+    tar -C "$rootfs" -c . | docker import --change 'ENV PIP_CERT=/etc/ssl/certs/ca-certificates.crt' - "$base" >/dev/null
+    rm -rf "$rootfs"
+  fi
+  echo "$base"
+}
+
+cleanup() {
+  docker rm -f "$SERVE" >/dev/null 2>&1 || true
+  docker volume rm -f "$VOLUME" >/dev/null 2>&1 || true
+}
+
+wait_for() {  # wait_for SECONDS DESCRIPTION COMMAND...
+  local seconds=$1 what=$2; shift 2
+  for _ in $(seq $((seconds * 2))); do "$@" >/dev/null 2>&1 && return 0; sleep 0.5; done
+  docker logs --tail 30 "$SERVE" 2>&1 || true
+  fail "$what within ${seconds}s"
+}
+
+start_engine
+BASE=$(pick_base)
+log "building $IMAGE on $BASE"
+DOCKER_BUILDKIT=0 docker build -q --network host --build-arg BASE_IMAGE="$BASE" -t "$IMAGE" . >/dev/null
+log "image size: $(docker image inspect -f '{{.Size}}' "$IMAGE" | awk '{printf "%.0f MB", $1/1e6}')"
+
+cleanup
+trap cleanup EXIT
+started=$(date +%s.%N)
+docker run -d --name "$SERVE" -p "127.0.0.1:$PORT:8000" -v "$VOLUME:/app/models" -e POLL_INTERVAL_S=1 "$IMAGE" >/dev/null
+wait_for 60 "the service was not ready" "$PYTHON" -c \
+  "import httpx, sys; sys.exit(httpx.get('http://127.0.0.1:$PORT/health/ready').status_code != 200)"
+log "docker run -> ready: $(elapsed "$started") s"
+wait_for 60 "the container did not report healthy" \
+  bash -c "[ \"\$(docker inspect -f '{{.State.Health.Status}}' $SERVE)\" = healthy ]"
+log "HEALTHCHECK reports healthy"
+
+"$PYTHON" tests/container/check.py "http://127.0.0.1:$PORT" predict
+
+log "training container publishing into the shared volume"
+docker run --rm -v "$VOLUME:/app/models" -v "$DATA_DIR:/data:ro" "$IMAGE" \
+  python -m training train --data-dir /data --epochs 1 --max-train-samples 2000 --promote always
+"$PYTHON" tests/container/check.py "http://127.0.0.1:$PORT" version 2
+
+stop_started=$(date +%s.%N)
+docker stop -t 30 "$SERVE" >/dev/null
+stop_seconds=$(elapsed "$stop_started")
+code=$(docker inspect -f '{{.State.ExitCode}}' "$SERVE")
+# 0 or 143 (uvicorn re-raises SIGTERM after its graceful shutdown); 137 would mean it had to be killed.
+case "$code" in 0|143) ;; *) fail "docker stop: exit code $code" ;; esac
+log "docker stop: exit code $code after $stop_seconds s"
+log "PASS"

@@ -1,0 +1,78 @@
+"""The model shipped in models/ against the real Fashion-MNIST test set (CI installs the dataset)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from core.datasets import Dataset
+from core.engines import KerasEngine, load_engine
+from core.evaluation import evaluate_probabilities
+from core.store import MODEL_FILE, ModelStore
+from tests.conftest import BUNDLED_STORE
+from tests.helpers import image_bytes
+
+pytestmark = pytest.mark.dataset
+
+
+def bundled() -> tuple[ModelStore, int]:
+    store = ModelStore(BUNDLED_STORE, "fashion-mnist")
+    version = store.current_version()
+    assert version is not None, "the repository must ship a current version"
+    return store, version
+
+
+def test_the_bundled_model_evaluates_at_its_recorded_test_accuracy(real_dataset: Dataset) -> None:
+    store, version = bundled()
+    recorded = store.read_metadata(version).test
+    assert real_dataset.test is not None and recorded is not None
+    assert recorded.count == len(real_dataset.test) == 10_000
+    assert recorded.accuracy >= 0.89
+    engine = load_engine(store.version_dir(version))
+    assert engine.kind == "onnx"
+    probabilities = engine.predict(real_dataset.test.images.astype(np.float32))
+    fresh, _ = evaluate_probabilities(probabilities, real_dataset.test.labels, real_dataset.class_names)
+    assert fresh.accuracy == pytest.approx(recorded.accuracy, abs=2e-4)
+    assert fresh.loss == pytest.approx(recorded.loss, abs=1e-3)
+
+
+def test_a_png_of_a_test_image_gets_the_class_of_its_json_pixels(
+    bundled_client: TestClient, real_dataset: Dataset
+) -> None:
+    assert real_dataset.test is not None
+    images = real_dataset.test.images[:100]
+    files = [("files", (f"{i}.png", image_bytes(image), "image/png")) for i, image in enumerate(images)]
+    from_png = bundled_client.post("/predict", files=files).json()["predictions"]
+    from_json = bundled_client.post("/predict", json={"instances": images.tolist()}).json()["predictions"]
+    assert [p["class_id"] for p in from_png] == [p["class_id"] for p in from_json]
+    correct = np.mean([p["class_id"] for p in from_json] == real_dataset.test.labels[:100])
+    assert correct > 0.85
+
+
+def test_evaluate_matches_keras_model_evaluate_on_1000_test_images(
+    bundled_client: TestClient, real_dataset: Dataset
+) -> None:
+    import keras
+
+    assert real_dataset.test is not None
+    images, labels = real_dataset.test.images[:1000], real_dataset.test.labels[:1000]
+    body = bundled_client.post(
+        "/evaluate", json={"instances": images.tolist(), "labels": labels.tolist()}
+    ).json()
+    store, version = bundled()
+    model = keras.models.load_model(store.version_dir(version) / MODEL_FILE, compile=False)
+    model.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    loss, accuracy = model.evaluate(images.astype(np.float32), labels, verbose=0)
+    assert body["count"] == 1000
+    assert body["accuracy"] == pytest.approx(accuracy, abs=0.001)
+    assert body["loss"] == pytest.approx(loss, abs=0.001)
+
+
+def test_the_keras_engine_serves_the_bundled_model_identically(real_dataset: Dataset) -> None:
+    store, version = bundled()
+    assert real_dataset.test is not None
+    batch = real_dataset.test.images[:256].astype(np.float32)
+    fast = load_engine(store.version_dir(version)).predict(batch)
+    reference = KerasEngine(store.version_dir(version) / MODEL_FILE).predict(batch)
+    assert np.abs(fast - reference).max() <= 1e-5
