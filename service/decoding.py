@@ -159,18 +159,20 @@ async def _decode_form(request: Request, limits: Limits, invert: InvertMode) -> 
         form = await request.form(max_files=limits.max_instances + 1, max_fields=100)
     except Exception as exc:  # python-multipart raises several unrelated types for malformed bodies
         raise BadRequest(f"the multipart body cannot be parsed ({exc})", code="invalid_multipart") from exc
-    files = [value for _, value in form.multi_items() if isinstance(value, UploadFile)]
-    fields = {key: value for key, value in form.multi_items() if isinstance(value, str)}
-    check_count(len(files), limits.max_instances)
-    images = []
-    for upload in files:
-        # A part declared as a specific image type must hold that type; octet-stream or none means "any".
-        declared = IMAGE_TYPES.get((upload.content_type or "").split(";")[0].strip().lower())
-        try:
-            images.append(_decode_image(await upload.read(), declared, limits, invert))
-        except InvalidInput as exc:
-            raise type(exc)(f"{upload.filename or 'file'}: {exc}") from exc
-    await form.close()
+    try:
+        files = [value for _, value in form.multi_items() if isinstance(value, UploadFile)]
+        fields = {key: value for key, value in form.multi_items() if isinstance(value, str)}
+        check_count(len(files), limits.max_instances)
+        images = []
+        for upload in files:
+            # A part declared as a specific image type must hold that type; octet-stream or none means "any".
+            declared = IMAGE_TYPES.get((upload.content_type or "").split(";")[0].strip().lower())
+            try:
+                images.append(_decode_image(await upload.read(), declared, limits, invert))
+            except InvalidInput as exc:
+                raise type(exc)(f"{upload.filename or 'file'}: {exc}") from exc
+    finally:
+        await form.close()
     return Decoded(np.stack(images), fields)
 
 

@@ -24,7 +24,7 @@ class TrainConfig:
     augment_flip: bool = True
     batch_size: int = 128
     epochs: int = 40
-    patience: int = 8
+    patience: int = 15
     seed: int = 42
     validation_size: int = 5000
     max_train_samples: int | None = None
