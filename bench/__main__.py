@@ -83,7 +83,7 @@ def servers(version_dir: Path) -> list[ServerSpec]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("--duration", type=float, default=5.0, help="seconds per measurement")
+    parser.add_argument("--duration", type=int, default=5, help="whole seconds per measurement")
     parser.add_argument("--connections", default="1,16,64")
     parser.add_argument("--only", help="comma-separated server names")
     parser.add_argument("--workloads", help="comma-separated workload names")
@@ -217,10 +217,10 @@ def _wait_ready(url: str, process: subprocess.Popen[bytes], started: float) -> f
     raise SystemExit("error: server not ready within 120 s")
 
 
-def _measure(spec: ServerSpec, workload: Workload, script: Path, connections: int, duration: float) -> Result:
+def _measure(spec: ServerSpec, workload: Workload, script: Path, connections: int, duration: int) -> Result:
     url = os.environ["BENCH_URL"]
     # A short warm-up run, then the measured one; wrk's done() hook prints one JSON line.
-    for seconds in (min(1.0, duration), duration):
+    for seconds in (1, max(1, duration)):
         completed = subprocess.run(
             [
                 "wrk",

@@ -1,4 +1,8 @@
-"""Everything a route needs, as named dependencies; all of it lives on app.state, built by create_app."""
+"""Everything a route needs, as named dependencies; all of it lives on app.state, built by create_app.
+
+They are all `async def`: FastAPI runs a plain `def` dependency in a worker thread, a hop that costs
+more than the whole inference of a one-image request.
+"""
 
 from __future__ import annotations
 
@@ -14,17 +18,17 @@ from service.errors import NotFound, NotReady, Unauthorized
 from service.loader import LoadedModel, ModelManager
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_manager(request: Request) -> ModelManager:
+async def get_manager(request: Request) -> ModelManager:
     manager: ModelManager = request.app.state.manager
     return manager
 
 
-def get_model(request: Request) -> LoadedModel:
+async def get_model(request: Request) -> LoadedModel:
     """The version serving this request, fixed when it starts, so a swap never changes it midway."""
     model: LoadedModel | None = request.app.state.manager.current
     if model is None:
@@ -32,17 +36,17 @@ def get_model(request: Request) -> LoadedModel:
     return model
 
 
-def get_batcher(request: Request) -> MicroBatcher:
+async def get_batcher(request: Request) -> MicroBatcher:
     batcher: MicroBatcher = request.app.state.batcher
     return batcher
 
 
-def get_limits(request: Request) -> Limits:
+async def get_limits(request: Request) -> Limits:
     limits: Limits = request.app.state.limits
     return limits
 
 
-def require_api_key(request: Request) -> None:
+async def require_api_key(request: Request) -> None:
     """With API_KEY set: `Authorization: Bearer KEY` or `X-API-Key: KEY`, compared in constant time."""
     expected = request.app.state.settings.api_key
     if expected is None:
@@ -55,11 +59,11 @@ def require_api_key(request: Request) -> None:
         raise Unauthorized("a valid API key is required", headers={"WWW-Authenticate": "Bearer"})
 
 
-def require_admin(request: Request) -> None:
+async def require_admin(request: Request) -> None:
     """Admin endpoints exist only when an API key is configured, and need it."""
     if request.app.state.settings.api_key is None:
         raise NotFound("admin endpoints are disabled: set API_KEY to enable them", code="admin_disabled")
-    require_api_key(request)
+    await require_api_key(request)
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]

@@ -10,6 +10,8 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 16384)
 
 class Metrics:
     def __init__(self) -> None:
+        # Labelled children cached per label set: .labels() costs a lock and a lookup on every call.
+        self._request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
@@ -61,3 +63,12 @@ class Metrics:
         self.last_swap = Gauge(
             "model_last_swap_timestamp_seconds", "Unix time the served version last changed.", registry=r
         )
+
+    def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        key = (route, method, status)
+        children = self._request_children.get(key)
+        if children is None:
+            children = (self.requests.labels(route, method, str(status)), self.request_latency.labels(route))
+            self._request_children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)

@@ -141,7 +141,7 @@ def test_metrics_parse_and_move_with_traffic(client: TestClient) -> None:
 def test_request_ids_are_echoed_or_generated(client: TestClient) -> None:
     assert client.get("/health", headers={"X-Request-ID": "abc-123"}).headers["x-request-id"] == "abc-123"
     generated = client.get("/health", headers={"X-Request-ID": "bad id; drop"}).headers["x-request-id"]
-    assert len(generated) == 32
+    assert len(generated) == 32 and generated != client.get("/health").headers["x-request-id"]
 
 
 @pytest.fixture(scope="module")
