@@ -12,7 +12,6 @@ from typing import Any
 
 import numpy as np
 import orjson
-from starlette.datastructures import UploadFile
 from starlette.requests import Request
 
 from core.preprocessing import (
@@ -24,6 +23,7 @@ from core.preprocessing import (
     decode_image,
 )
 from service.errors import BadRequest, InvalidRequest, PayloadTooLarge, UnsupportedMediaType
+from service.multipart import parse_multipart
 
 IMAGE_TYPES = {
     "image/png": "PNG",
@@ -35,6 +35,7 @@ IMAGE_TYPES = {
     "image/webp": "WEBP",
 }
 BINARY_TYPES = ("application/octet-stream", "application/x-npy")
+MAX_FORM_FIELDS = 100
 
 
 @dataclass(frozen=True)
@@ -62,9 +63,7 @@ async def read_body(request: Request, limit: int) -> bytes:
         if size > limit:
             raise PayloadTooLarge(f"the body is larger than the limit of {limit} bytes")
         chunks.append(chunk)
-    body = b"".join(chunks)
-    request._body = body  # lets request.form() parse what was already read
-    return body
+    return b"".join(chunks)
 
 
 async def decode_request(request: Request, limits: Limits, invert: InvertMode) -> Decoded:
@@ -74,7 +73,7 @@ async def decode_request(request: Request, limits: Limits, invert: InvertMode) -
     if media_type == "application/json":
         return decode_json(body, limits.max_instances)
     if media_type == "multipart/form-data":
-        return await _decode_form(request, limits, invert)
+        return _decode_form(body, request.headers["content-type"], limits, invert)
     if media_type.startswith("image/"):
         if media_type not in IMAGE_TYPES:
             raise UnsupportedMediaType(f"unsupported image type {media_type}")
@@ -154,25 +153,18 @@ def check_count(count: int, limit: int) -> None:
         )
 
 
-async def _decode_form(request: Request, limits: Limits, invert: InvertMode) -> Decoded:
-    try:
-        form = await request.form(max_files=limits.max_instances + 1, max_fields=100)
-    except Exception as exc:  # python-multipart raises several unrelated types for malformed bodies
-        raise BadRequest(f"the multipart body cannot be parsed ({exc})", code="invalid_multipart") from exc
-    try:
-        files = [value for _, value in form.multi_items() if isinstance(value, UploadFile)]
-        fields = {key: value for key, value in form.multi_items() if isinstance(value, str)}
-        check_count(len(files), limits.max_instances)
-        images = []
-        for upload in files:
-            # A part declared as a specific image type must hold that type; octet-stream or none means "any".
-            declared = IMAGE_TYPES.get((upload.content_type or "").split(";")[0].strip().lower())
-            try:
-                images.append(_decode_image(await upload.read(), declared, limits, invert))
-            except InvalidInput as exc:
-                raise type(exc)(f"{upload.filename or 'file'}: {exc}") from exc
-    finally:
-        await form.close()
+def _decode_form(body: bytes, content_type: str, limits: Limits, invert: InvertMode) -> Decoded:
+    parts = parse_multipart(body, content_type, max_parts=limits.max_instances + MAX_FORM_FIELDS)
+    files = [part for part in parts if part.is_file]
+    fields = {part.name: part.data.decode("utf-8", "replace") for part in parts if not part.is_file}
+    check_count(len(files), limits.max_instances)
+    images = []
+    for part in files:
+        # A part declared as a specific image type must hold that type; octet-stream or none means "any".
+        try:
+            images.append(_decode_image(part.data, IMAGE_TYPES.get(part.content_type), limits, invert))
+        except InvalidInput as exc:
+            raise type(exc)(f"{part.filename or 'file'}: {exc}") from exc
     return Decoded(np.stack(images), fields)
 
 

@@ -132,6 +132,18 @@ CASES: list[tuple[str, dict[str, Any], int, str]] = [
     ),
     ("form without files", {"files": {"note": (None, "x")}}, 422, "empty_instances"),
     (
+        "multipart without a boundary",
+        {"content": b"x", "headers": {"content-type": "multipart/form-data"}},
+        400,
+        "invalid_multipart",
+    ),
+    (
+        "malformed multipart",
+        {"content": b"--b\r\nno headers end", "headers": {"content-type": "multipart/form-data; boundary=b"}},
+        400,
+        "invalid_multipart",
+    ),
+    (
         "too many files",
         {"files": [("f", (f"{i}.png", PNG, "image/png")) for i in range(9)]},
         422,
