@@ -66,15 +66,23 @@ class MicroBatcher:
         self._queue.clear()
         self._executor.shutdown(wait=False)
 
+    def check_capacity(self) -> None:
+        """Refuse at once, before a body is read, when the queue is already full."""
+        if self._queued_images >= self.max_queue_images:
+            self._refuse()
+
+    def _refuse(self) -> None:
+        self.metrics.rejected.labels("queue_full").inc()
+        raise Overloaded(
+            f"the inference queue is full ({self._queued_images} images waiting); retry shortly",
+            headers={"Retry-After": "1"},
+        )
+
     async def predict(self, model: LoadedModel, images: np.ndarray) -> np.ndarray:
         """Probabilities for `images` from `model`, in order; may share an engine call with others."""
         count = len(images)
         if self._queued_images + count > self.max_queue_images:
-            self.metrics.rejected.labels("queue_full").inc()
-            raise Overloaded(
-                f"the inference queue is full ({self._queued_images} images waiting); retry shortly",
-                headers={"Retry-After": "1"},
-            )
+            self._refuse()
         loop = asyncio.get_running_loop()
         job = _Job(model, images, loop.create_future())
         self._queue.append(job)
@@ -126,7 +134,8 @@ class MicroBatcher:
 
     async def _execute(self, jobs: list[_Job]) -> None:
         model = jobs[0].model
-        batch = jobs[0].images if len(jobs) == 1 else np.concatenate([job.images for job in jobs])
+        images = jobs[0].images if len(jobs) == 1 else np.concatenate([job.images for job in jobs])
+        batch = images.astype(np.float32, copy=False)
         started = time.perf_counter()
         for job in jobs:
             self.metrics.queue_time.observe(started - job.enqueued_at)

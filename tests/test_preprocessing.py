@@ -107,7 +107,8 @@ def test_a_declared_format_must_match_the_data() -> None:
 
 def test_pixel_batches_accept_nested_and_flat_layouts() -> None:
     assert as_batch(np.zeros((3, 28, 28))).shape == (3, 28, 28)
-    assert as_batch(np.zeros((2, 784), np.uint8)).dtype == np.float32
+    assert as_batch(np.zeros((2, 784), np.uint8)).dtype == np.uint8  # kept compact until inference
+    assert as_batch(np.zeros((2, 784), np.int64)).dtype == np.float32
 
 
 @pytest.mark.parametrize(

@@ -55,7 +55,7 @@ async def evaluate(
             "send instances (or image files) with labels, or a dataset", code="missing_instances"
         )
     # Evaluation batches are large: run them off the event loop, outside the request batcher.
-    probabilities = await run_in_threadpool(model.engine.predict, split.images.astype(np.float32, copy=False))
+    probabilities = await run_in_threadpool(model.engine.predict, split.images.astype(np.float32))
     metrics, matrix = evaluate_probabilities(probabilities, split.labels, model.class_names)
     body = {
         "model": {"name": model.metadata.name, "version": model.version},

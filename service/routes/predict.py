@@ -54,11 +54,13 @@ async def predict(request: Request) -> Response:
     # one-image inference. The same dependency functions are called directly instead.
     await require_api_key(request)
     model = await get_model(request)
+    batcher = request.app.state.batcher
+    batcher.check_capacity()
     invert, top_k = query_options(request)
     decoded = await decode_request(request, request.app.state.limits, invert)
     if not len(decoded.images):
         raise InvalidRequest("instances is required", code="missing_instances")
-    probabilities = await request.app.state.batcher.predict(model, decoded.images)
+    probabilities = await batcher.predict(model, decoded.images)
     return Response(orjson.dumps(prediction_body(model, probabilities, top_k)), media_type="application/json")
 
 
