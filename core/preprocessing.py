@@ -137,5 +137,7 @@ def _should_invert(gray: Image.Image, invert: InvertMode) -> bool:
     if invert != "auto":
         return invert == "true"
     pixels = np.asarray(gray)
-    border_sum = int(pixels[0].sum()) + int(pixels[-1].sum()) + int(pixels[:, 0].sum()) + int(pixels[:, -1].sum())
+    border_sum = (
+        int(pixels[0].sum()) + int(pixels[-1].sum()) + int(pixels[:, 0].sum()) + int(pixels[:, -1].sum())
+    )
     return border_sum / (2 * (pixels.shape[0] + pixels.shape[1])) > MAX_PIXEL / 2

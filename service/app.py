@@ -14,7 +14,7 @@ from service.decoding import Limits
 from service.errors import install_error_handlers
 from service.loader import ModelManager
 from service.metrics import Metrics
-from service.middleware import ObservabilityMiddleware
+from service.middleware import BodyBudgetMiddleware, ObservabilityMiddleware
 from service.routes import admin, evaluate, health, model, predict
 
 
@@ -60,5 +60,6 @@ def create_app(settings: Settings) -> FastAPI:
     install_error_handlers(app)
     for router in (predict.router, evaluate.router, health.router, model.router, admin.router):
         app.include_router(router)
-    app.add_middleware(ObservabilityMiddleware, metrics=metrics)
+    app.add_middleware(BodyBudgetMiddleware, budget_bytes=settings.max_inflight_body_bytes, metrics=metrics)
+    app.add_middleware(ObservabilityMiddleware, metrics=metrics)  # outermost: sees every response
     return app

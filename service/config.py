@@ -30,6 +30,9 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="Larger request bodies get 413.")
+    max_inflight_body_bytes: int = Field(
+        64 * 1024 * 1024, ge=1024, description="Bodies held at once; past it, 503 before reading."
+    )
     max_instances: int = Field(1024, ge=1, description="Images per JSON, image or form request.")
     max_bulk_instances: int = Field(
         16384, ge=1, description="Images per binary (octet-stream or .npy) request."

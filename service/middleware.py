@@ -10,6 +10,7 @@ import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.errors import error_response
 from service.metrics import Metrics
 
 access_log = logging.getLogger("service.access")
@@ -70,3 +71,41 @@ def _request_id(scope: Scope) -> str:
         if name == REQUEST_ID_HEADER and _SAFE_REQUEST_ID.match(value):
             return str(value.decode())
     return f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"
+
+
+class BodyBudgetMiddleware:
+    """Bounds the request bodies held in memory at once: past the budget, 503 before a body is read.
+
+    Uses the declared Content-Length; a body without one is still capped by MAX_BODY_BYTES.
+    """
+
+    def __init__(self, app: ASGIApp, budget_bytes: int, metrics: Metrics) -> None:
+        self.app = app
+        self.budget_bytes = budget_bytes
+        self.metrics = metrics
+        self.in_use = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        size = _content_length(scope) if scope["type"] == "http" else 0
+        if not size:
+            await self.app(scope, receive, send)
+            return
+        if self.in_use and self.in_use + size > self.budget_bytes:
+            self.metrics.rejected.labels("body_budget").inc()
+            response = error_response(
+                503, "overloaded", "too many large requests in progress; retry shortly", {"Retry-After": "1"}
+            )
+            await response(scope, receive, send)
+            return
+        self.in_use += size
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_use -= size
+
+
+def _content_length(scope: Scope) -> int:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            return int(value) if value.isdigit() else 0
+    return 0

@@ -106,14 +106,24 @@ def test_different_versions_never_share_a_batch(model: LoadedModel) -> None:
     assert gated.batches == [1, 1]
 
 
+def gated(store: Path, **overrides: object) -> Iterator[tuple[TestClient, GatedEngine]]:
+    """A client whose engine runs in a thread and waits at a gate the test opens."""
+    for client in make_client(store, inline_max_images=0, **overrides):
+        manager = client.app.state.manager  # type: ignore[attr-defined]
+        engine = GatedEngine(manager.current.engine)
+        manager.current = dataclasses.replace(manager.current, engine=engine)
+        yield client, engine
+        engine.gate.set()
+
+
 @pytest.fixture
 def gated_client(tiny_store: Path) -> Iterator[tuple[TestClient, GatedEngine]]:
-    for client in make_client(tiny_store, inline_max_images=0, max_queue_images=2, request_timeout_s=1.0):
-        manager = client.app.state.manager  # type: ignore[attr-defined]
-        gated = GatedEngine(manager.current.engine)
-        manager.current = dataclasses.replace(manager.current, engine=gated)
-        yield client, gated
-        gated.gate.set()
+    yield from gated(tiny_store, max_queue_images=2, request_timeout_s=1.0)
+
+
+@pytest.fixture
+def small_budget_client(tiny_store: Path) -> Iterator[tuple[TestClient, GatedEngine]]:
+    yield from gated(tiny_store, max_inflight_body_bytes=2500)
 
 
 def test_a_full_queue_is_503_with_retry_after_at_once(gated_client: tuple[TestClient, GatedEngine]) -> None:
@@ -146,3 +156,19 @@ def test_engine_choice_survives_a_round_trip(tiny_store: Path) -> None:
     engine = load_engine(tiny_store / "fashion-mnist" / "1", "keras")
     assert engine.kind == "keras"
     assert engine.predict(synthetic_images(np.array([3])).astype(np.float32)).argmax() == 3
+
+
+def test_bodies_beyond_the_memory_budget_are_refused_before_reading(
+    small_budget_client: tuple[TestClient, GatedEngine],
+) -> None:
+    client, gated = small_budget_client
+    body = {"instances": [[0] * 784]}  # about 1.6 kB: one fits the 2.5 kB budget, two do not
+    with ThreadPoolExecutor(1) as pool:
+        held = pool.submit(client.post, "/predict", json=body)
+        assert gated.started.wait(10)
+        refused = client.post("/predict", json=body)
+        assert (refused.status_code, refused.json()["error"]["code"]) == (503, "overloaded")
+        assert refused.headers["retry-after"] == "1"
+        gated.gate.set()
+        assert held.result().status_code == 200
+    assert client.post("/predict", json=body).status_code == 200
