@@ -69,7 +69,7 @@ def parse_multipart(body: bytes, content_type_header: str, max_parts: int) -> li
 
     parser = MultipartParser(
         boundary,
-        {  # type: ignore[arg-type]
+        {
             "on_part_begin": on_part_begin,
             "on_header_field": on_header_field,
             "on_header_value": on_header_value,
