@@ -7,8 +7,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 import pytest
 from fastapi.testclient import TestClient
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from core.preprocessing import InvalidInput
+from service.decoding import decode_json
+from service.errors import ApiError
 
 from tests.conftest import make_client
 from tests.helpers import image_bytes, png_declaring
@@ -201,3 +208,26 @@ def test_unknown_routes_and_methods_use_the_same_error_shape(limited: TestClient
     assert limited.get("/nope").json()["error"]["code"] == "not_found"
     response = limited.get("/predict")
     assert (response.status_code, response.json()["error"]["code"]) == (405, "method_not_allowed")
+
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=5),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=5), children, max_size=3)
+    ),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.one_of(json_values, st.fixed_dictionaries({"instances": json_values})))
+def test_any_json_document_decodes_or_raises_a_client_error(document: Any) -> None:
+    try:
+        decoded = decode_json(orjson.dumps(document), max_instances=8)
+    except (ApiError, InvalidInput):
+        return
+    assert decoded.images.ndim == 3 and decoded.images.shape[1:] == (28, 28)

@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from service.config import Settings, load_settings
+
+
+def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MODEL_STORE", "/srv/models")
+    monkeypatch.setenv("PORT", "9000")
+    monkeypatch.setenv("API_KEY", "k")
+    settings = load_settings()
+    assert (settings.model_store, settings.port, settings.host) == (Path("/srv/models"), 9000, "127.0.0.1")
+    assert settings.api_key is not None and settings.api_key.get_secret_value() == "k"
+
+
+def test_defaults_need_no_environment() -> None:
+    settings = Settings()
+    assert (settings.model_name, settings.max_instances, settings.api_key) == ("fashion-mnist", 1024, None)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("PORT", "eighty"),
+        ("PORT", "70000"),
+        ("ENGINE", "gpu"),
+        ("MAX_INSTANCES", "0"),
+        ("POLL_INTERVAL_S", "-1"),
+    ],
+)
+def test_invalid_settings_stop_start_up_naming_variable_and_value(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(SystemExit) as stopped:
+        load_settings()
+    assert f"{variable}='{value}'" in str(stopped.value)
