@@ -16,7 +16,6 @@ from hypothesis import strategies as st
 from core.preprocessing import InvalidInput
 from service.decoding import decode_json
 from service.errors import ApiError
-
 from tests.conftest import make_client
 from tests.helpers import image_bytes, png_declaring
 
