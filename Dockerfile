@@ -21,6 +21,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     HOST=0.0.0.0 \
     PORT=8000 \
     MODEL_STORE=/app/models \
+    MPLCONFIGDIR=/tmp/matplotlib \
     TF_CPP_MIN_LOG_LEVEL=2
 RUN groupadd --gid ${APP_UID} app && \
     useradd --uid ${APP_UID} --gid app --no-create-home --shell /usr/sbin/nologin app

@@ -81,15 +81,8 @@ def server(store_copy: Path) -> Iterator[str]:
     }
     process = subprocess.Popen([sys.executable, "-m", "service"], cwd=REPO, env=env)
     base_url = f"http://127.0.0.1:{port}"
-
-    def ready() -> bool:
-        try:
-            return httpx.get(f"{base_url}/health/ready").status_code == 200
-        except httpx.HTTPError:
-            return False
-
     try:
-        wait_until(ready, timeout_s=30)
+        wait_until(lambda: _ready(base_url), timeout_s=30)
         yield base_url
     finally:
         process.terminate()
@@ -173,3 +166,46 @@ def _reload_failures(base_url: str) -> float:
         if line.startswith('model_reloads_total{outcome="failure"}'):
             return float(line.split()[-1])
     return 0.0
+
+
+def test_sigterm_lets_an_in_flight_request_finish(store_copy: Path) -> None:
+    port = free_port()
+    env = {**os.environ, "MODEL_STORE": str(store_copy), "PORT": str(port), "LOG_LEVEL": "warning"}
+    process = subprocess.Popen([sys.executable, "-m", "service"], cwd=REPO, env=env)
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: _ready(base_url), timeout_s=30)
+        resume = threading.Event()
+        pixels = bytes(784 * 64)
+
+        def slow_body() -> Iterator[bytes]:
+            yield pixels[: 784 * 8]
+            resume.wait(timeout=30)  # the rest arrives only after the server was told to stop
+            yield pixels[784 * 8 :]
+
+        outcome: dict[str, httpx.Response] = {}
+        headers = {"content-type": "application/octet-stream", "content-length": str(len(pixels))}
+        upload = threading.Thread(
+            target=lambda: outcome.setdefault(
+                "response",
+                httpx.post(f"{base_url}/predict", content=slow_body(), headers=headers, timeout=30),
+            )
+        )
+        upload.start()
+        wait_until(lambda: "http_requests_in_flight 2.0" in httpx.get(f"{base_url}/metrics").text)
+        process.send_signal(signal.SIGTERM)
+        resume.set()
+        upload.join(timeout=30)
+        assert outcome["response"].status_code == 200
+        assert len(outcome["response"].json()["predictions"]) == 64
+        assert process.wait(timeout=30) in (0, -signal.SIGTERM)
+    finally:
+        process.kill()
+        process.wait()
+
+
+def _ready(base_url: str) -> bool:
+    try:
+        return httpx.get(f"{base_url}/health/ready").status_code == 200
+    except httpx.HTTPError:
+        return False

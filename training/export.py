@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 
 import keras
@@ -29,7 +30,9 @@ def write_serving_artifacts(model: keras.Model, directory: Path, examples: np.nd
     np.savez(directory / PROBE_FILE, inputs=inputs, outputs=outputs)
     onnx_path = directory / ONNX_FILE
     try:
-        model.export(str(onnx_path), format="onnx", verbose=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # tf2onnx's own NumPy deprecation noise
+            model.export(str(onnx_path), format="onnx", verbose=False)
         verify_engine(OnnxEngine(onnx_path), inputs, outputs)
     except (EngineError, ValueError, RuntimeError, ImportError) as exc:
         logger.warning("no ONNX artifact for this version, it will be served by Keras: %s", exc)

@@ -110,6 +110,7 @@ def fit(train: Split, validation: Split, num_classes: int, config: TrainConfig, 
         validation_data=validation_data,
         epochs=config.epochs,
         callbacks=callbacks,
+        shuffle=False,  # the tf.data pipeline shuffles
         verbose=0,
     )
     best: keras.Model = keras.models.load_model(run_dir / CHECKPOINT_FILE, compile=False)

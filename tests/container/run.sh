@@ -69,17 +69,18 @@ started=$(date +%s.%N)
 docker run -d --name "$SERVE" -p "127.0.0.1:$PORT:8000" -v "$VOLUME:/app/models" -e POLL_INTERVAL_S=1 "$IMAGE" >/dev/null
 wait_for 60 "the service was not ready" "$PYTHON" -c \
   "import httpx, sys; sys.exit(httpx.get('http://127.0.0.1:$PORT/health/ready').status_code != 200)"
-log "docker run -> ready: $(elapsed "$started") s"
+process_started=$(date -d "$(docker inspect -f '{{.State.StartedAt}}' "$SERVE")" +%s.%N)
+log "docker run -> ready: $(elapsed "$started") s, of which container process start -> ready: $(elapsed "$process_started") s"
 wait_for 60 "the container did not report healthy" \
   bash -c "[ \"\$(docker inspect -f '{{.State.Health.Status}}' $SERVE)\" = healthy ]"
 log "HEALTHCHECK reports healthy"
 
-"$PYTHON" tests/container/check.py "http://127.0.0.1:$PORT" predict
+"$PYTHON" -m tests.container.check "http://127.0.0.1:$PORT" predict
 
 log "training container publishing into the shared volume"
 docker run --rm -v "$VOLUME:/app/models" -v "$DATA_DIR:/data:ro" "$IMAGE" \
   python -m training train --data-dir /data --epochs 1 --max-train-samples 2000 --promote always
-"$PYTHON" tests/container/check.py "http://127.0.0.1:$PORT" version 2
+"$PYTHON" -m tests.container.check "http://127.0.0.1:$PORT" version 2
 
 stop_started=$(date +%s.%N)
 docker stop -t 30 "$SERVE" >/dev/null
