@@ -7,20 +7,8 @@ import os
 import litserve as ls
 import numpy as np
 
+from core.datasets import FASHION_MNIST_CLASSES as CLASSES
 from core.engines import OnnxEngine
-
-CLASSES = [
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-]
 
 
 class FashionAPI(ls.LitAPI):
