@@ -11,7 +11,6 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from service.batching import MicroBatcher
 from service.config import Settings
 from service.decoding import Limits
 from service.errors import NotFound, NotReady, Unauthorized
@@ -34,11 +33,6 @@ async def get_model(request: Request) -> LoadedModel:
     if model is None:
         raise NotReady("no model is loaded yet; see /health/ready")
     return model
-
-
-async def get_batcher(request: Request) -> MicroBatcher:
-    batcher: MicroBatcher = request.app.state.batcher
-    return batcher
 
 
 async def get_limits(request: Request) -> Limits:
@@ -69,5 +63,4 @@ async def require_admin(request: Request) -> None:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 ManagerDep = Annotated[ModelManager, Depends(get_manager)]
 ModelDep = Annotated[LoadedModel, Depends(get_model)]
-BatcherDep = Annotated[MicroBatcher, Depends(get_batcher)]
 LimitsDep = Annotated[Limits, Depends(get_limits)]
