@@ -114,6 +114,18 @@ def load_fashion_mnist(data_dir: Path | None = None, *, allow_download: bool = T
     return _load_from_keras()
 
 
+def load_fashion_mnist_test(data_dir: Path | None = None) -> Split:
+    """Only the test split (10,000 images), from where load_fashion_mnist looks; never downloads."""
+    folder = find_fashion_mnist(data_dir)
+    if folder is None:
+        raise DatasetNotFound(
+            f"Fashion-MNIST not found: set {ENV_VAR} or install the Debian package dataset-fashion-mnist"
+        )
+    return _read_split(
+        folder / FASHION_MNIST_FILES["test_images"], folder / FASHION_MNIST_FILES["test_labels"]
+    )
+
+
 def load_image_folder(root: Path, *, invert: InvertMode = "auto") -> Dataset:
     """A dataset from root/<class_name>/*.png|jpg, preprocessed exactly as the service does uploads."""
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []

@@ -1,4 +1,5 @@
-"""Inference engines over a published version: ONNX Runtime (fast, no TensorFlow) or Keras (fallback).
+"""Inference engines over a published version: ONNX Runtime (fast, no TensorFlow) or Keras (versions
+without an ONNX artifact).
 
 Both take a (N, 28, 28) float32 batch of raw pixels and return (N, classes) float32 probabilities.
 A version's probe.npz holds probe inputs and the Keras outputs on them, recorded at publish; every
@@ -7,7 +8,6 @@ engine is checked against it before it serves, so a serving artifact that disagr
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -15,8 +15,6 @@ from typing import Any, Literal, Protocol
 import numpy as np
 
 from core.store import MODEL_FILE, ONNX_FILE, PROBE_FILE
-
-logger = logging.getLogger(__name__)
 
 PARITY_TOLERANCE = 1e-5
 EngineKind = Literal["auto", "onnx", "keras"]
@@ -48,7 +46,7 @@ class OnnxEngine:
         try:
             self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own untyped errors for bad files
-            raise EngineError(f"{path}: cannot be loaded by ONNX Runtime ({exc})") from exc
+            raise EngineError(f"{path.name}: cannot be loaded by ONNX Runtime ({exc})") from exc
         self._input = self._session.get_inputs()[0].name
         self._output = self._session.get_outputs()[0].name
 
@@ -68,7 +66,7 @@ class KerasEngine:
             # safe_mode stays on: a model file never runs arbitrary code (no Lambda deserialisation).
             self._model = keras.models.load_model(path, compile=False, safe_mode=True)
         except Exception as exc:  # Keras raises many types for a bad file
-            raise EngineError(f"{path}: cannot be loaded by Keras ({exc})") from exc
+            raise EngineError(f"{path.name}: cannot be loaded by Keras ({exc})") from exc
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         # A direct call avoids model.predict()'s per-call set-up, which dwarfs this model's compute.
@@ -77,30 +75,35 @@ class KerasEngine:
 
 
 def load_engine(version_dir: Path, kind: EngineKind = "auto") -> Engine:
-    """Load and verify the fastest engine the version supports (or the one asked for)."""
+    """Load and verify the engine for a version: ONNX when it has the artifact (or when asked), else Keras.
+
+    A version whose ONNX artifact exists but fails to load or verify is refused: Keras never serves
+    in its place (it would cost TensorFlow's memory and latency without anyone noticing).
+    """
     probe = load_probe(version_dir)
     onnx_path = version_dir / ONNX_FILE
-    if kind == "onnx" or (kind == "auto" and onnx_path.is_file()):
-        try:
-            engine: Engine = OnnxEngine(onnx_path)
-            verify_engine(engine, *probe)
-            return engine
-        except EngineError as exc:
-            if kind == "onnx":
-                raise
-            logger.warning("falling back to the Keras engine: %s", exc)
-    engine = KerasEngine(version_dir / MODEL_FILE)
+    use_onnx = kind == "onnx" or (kind == "auto" and os.path.lexists(onnx_path))
+    path = onnx_path if use_onnx else version_dir / MODEL_FILE
+    _require_regular_file(path)
+    engine: Engine = OnnxEngine(path) if use_onnx else KerasEngine(path)
     verify_engine(engine, *probe)
     return engine
 
 
 def load_probe(version_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     path = version_dir / PROBE_FILE
+    _require_regular_file(path)
     try:
         with np.load(path, allow_pickle=False) as data:
             return data["inputs"].astype(np.float32), data["outputs"].astype(np.float32)
-    except (OSError, KeyError, ValueError) as exc:
-        raise EngineError(f"{path}: missing or unreadable probe ({exc})") from exc
+    except (OSError, KeyError, ValueError, EOFError) as exc:
+        raise EngineError(f"{path.name}: unreadable probe ({exc})") from exc
+
+
+def _require_regular_file(path: Path) -> None:
+    """Only regular files are loaded: a FIFO or device in a version folder would block the loader."""
+    if not path.is_file():
+        raise EngineError(f"{path.name} is missing or not a regular file")
 
 
 def verify_engine(engine: Engine, inputs: np.ndarray, expected: np.ndarray) -> None:

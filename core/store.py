@@ -24,6 +24,7 @@ import contextlib
 import fcntl
 import os
 import shutil
+import stat
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -41,6 +42,11 @@ CURVES_FILE = "learning_curves.png"
 CURRENT_FILE = "current.json"
 LOCK_FILE = ".lock"
 STAGING_PREFIX = ".staging-"
+# Version numbers are folder names of at most 9 digits: they fit every integer type a reader may use.
+MAX_VERSION = 999_999_999
+# Store files are small; a larger one is refused rather than read into memory.
+MAX_POINTER_BYTES = 64 * 1024
+MAX_METADATA_BYTES = 4 * 1024 * 1024
 
 
 class StoreError(Exception):
@@ -74,7 +80,9 @@ class EvaluationMetrics(BaseModel):
 
 class ModelMetadata(BaseModel):
     name: str
-    version: int = Field(default=0, description="Assigned when the version is published.")
+    version: int = Field(
+        default=0, ge=0, le=MAX_VERSION, description="Assigned when the version is published."
+    )
     created_at: datetime
     class_names: list[str] = Field(min_length=2)
     input: InputSpec = InputSpec()
@@ -90,7 +98,7 @@ class ModelMetadata(BaseModel):
 
 
 class CurrentPointer(BaseModel):
-    version: int
+    version: int = Field(ge=1, le=MAX_VERSION)
     promoted_at: datetime
     reason: str = ""
 
@@ -110,9 +118,13 @@ class ModelStore:
     def versions(self) -> list[int]:
         if not self.directory.is_dir():
             return []
-        return sorted(int(p.name) for p in self.directory.iterdir() if p.name.isdigit() and p.is_dir())
+        return sorted(int(p.name) for p in self.directory.iterdir() if is_version_name(p.name) and p.is_dir())
 
     def version_dir(self, version: int) -> Path:
+        if not 1 <= version <= MAX_VERSION:
+            raise VersionNotFound(
+                f"model {self.name!r} has no version {version}: versions are 1-{MAX_VERSION}"
+            )
         path = self.directory / str(version)
         if not path.is_dir():
             raise VersionNotFound(f"model {self.name!r} has no version {version} in {self.root}")
@@ -121,14 +133,14 @@ class ModelStore:
     def read_metadata(self, version: int) -> ModelMetadata:
         path = self.version_dir(version) / METADATA_FILE
         try:
-            return ModelMetadata.model_validate_json(path.read_bytes())
+            return ModelMetadata.model_validate_json(read_small_file(path, MAX_METADATA_BYTES))
         except (OSError, ValidationError, ValueError) as exc:
             raise StoreError(f"{path}: unreadable metadata ({_first_line(exc)})") from exc
 
     def current(self) -> CurrentPointer | None:
         path = self.directory / CURRENT_FILE
         try:
-            return CurrentPointer.model_validate_json(path.read_bytes())
+            return CurrentPointer.model_validate_json(read_small_file(path, MAX_POINTER_BYTES))
         except FileNotFoundError:
             return None
         except (OSError, ValidationError, ValueError) as exc:
@@ -157,6 +169,8 @@ class ModelStore:
             raise StoreError(f"{staging} is not a staging directory of {self.directory}")
         with self._locked():
             version = max(self.versions(), default=0) + 1
+            if version > MAX_VERSION:
+                raise StoreError(f"model {self.name!r} has reached the last version number, {MAX_VERSION}")
             stamped = metadata.model_copy(update={"version": version, "name": self.name})
             (staging / METADATA_FILE).write_text(stamped.model_dump_json(indent=2) + "\n")
             for path in staging.iterdir():
@@ -202,6 +216,33 @@ class ModelStore:
                 yield
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def is_version_name(name: str) -> bool:
+    """A version folder's name: 1-9 ASCII digits without a leading zero."""
+    return 0 < len(name) <= len(str(MAX_VERSION)) and name.isascii() and name.isdigit() and name[0] != "0"
+
+
+def read_small_file(path: Path, max_bytes: int) -> bytes:
+    """A regular file's bytes, refusing anything else without blocking on it.
+
+    O_NONBLOCK makes opening a FIFO return at once (a plain open would wait for a writer forever);
+    the fstat check then refuses it, like any device, directory or file over max_bytes.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(f"{path.name} is not a regular file")
+        if info.st_size > max_bytes:
+            raise OSError(f"{path.name} has {info.st_size} bytes, more than {max_bytes}")
+        with os.fdopen(fd, "rb", closefd=False) as handle:
+            data = handle.read(max_bytes + 1)
+    finally:
+        os.close(fd)
+    if len(data) > max_bytes:
+        raise OSError(f"{path.name} has more than {max_bytes} bytes")
+    return data
 
 
 def _validation_accuracy(metadata: ModelMetadata) -> float:

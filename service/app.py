@@ -10,11 +10,11 @@ from fastapi import FastAPI
 
 from service.batching import MicroBatcher
 from service.config import Settings
-from service.decoding import Limits
+from service.decoding import DecodePool, Limits
 from service.errors import install_error_handlers
 from service.loader import ModelManager
 from service.metrics import Metrics
-from service.middleware import BodyBudgetMiddleware, ObservabilityMiddleware
+from service.middleware import BodyGuardMiddleware, ObservabilityMiddleware
 from service.routes import admin, evaluate, health, model, predict
 
 
@@ -31,7 +31,10 @@ def create_app(settings: Settings) -> FastAPI:
             timeout_s=settings.request_timeout_s,
             inline_max_images=settings.inline_max_images,
         )
-        app.state.manager, app.state.batcher = manager, batcher
+        decode_pool = DecodePool(settings.decode_threads)
+        app.state.manager, app.state.batcher, app.state.decode_pool = manager, batcher, decode_pool
+        app.state.evaluations = asyncio.Semaphore(settings.max_evaluations)
+        app.state.test_set = evaluate.TestSet(settings.fashion_mnist_dir)
         batcher.start()
         # The first pass loads the current version; readiness reports 503 until it has.
         watcher = asyncio.create_task(manager.watch(settings.poll_interval_s), name="store-watcher")
@@ -42,6 +45,8 @@ def create_app(settings: Settings) -> FastAPI:
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
             await batcher.stop()
+            decode_pool.shutdown()
+            manager.close()
 
     app = FastAPI(
         title="Fashion-MNIST classifier",
@@ -56,10 +61,17 @@ def create_app(settings: Settings) -> FastAPI:
         max_instances=settings.max_instances,
         max_bulk_instances=settings.max_bulk_instances,
         max_image_pixels=settings.max_image_pixels,
+        max_request_pixels=settings.max_request_pixels,
     )
     install_error_handlers(app)
     for router in (predict.router, evaluate.router, health.router, model.router, admin.router):
         app.include_router(router)
-    app.add_middleware(BodyBudgetMiddleware, budget_bytes=settings.max_inflight_body_bytes, metrics=metrics)
+    app.add_middleware(
+        BodyGuardMiddleware,
+        budget_bytes=settings.max_inflight_body_bytes,
+        timeout_s=settings.body_timeout_s,
+        min_rate=settings.min_body_rate,
+        metrics=metrics,
+    )
     app.add_middleware(ObservabilityMiddleware, metrics=metrics)  # outermost: sees every response
     return app

@@ -78,8 +78,13 @@ class MicroBatcher:
             headers={"Retry-After": "1"},
         )
 
-    async def predict(self, model: LoadedModel, images: np.ndarray) -> np.ndarray:
-        """Probabilities for `images` from `model`, in order; may share an engine call with others."""
+    async def predict(
+        self, model: LoadedModel, images: np.ndarray, deadline: float | None = None
+    ) -> np.ndarray:
+        """Probabilities for `images` from `model`, in order; may share an engine call with others.
+
+        deadline: event-loop time by which the result is due (504 after it); default timeout_s from now.
+        """
         count = len(images)
         if self._queued_images + count > self.max_queue_images:
             self._refuse()
@@ -89,7 +94,9 @@ class MicroBatcher:
         self._queued_images += count
         self.metrics.queue_depth.set(self._queued_images)
         self._wakeup.set()
-        expiry = loop.call_later(self.timeout_s, self._expire, job)
+        expiry = loop.call_at(
+            deadline if deadline is not None else loop.time() + self.timeout_s, self._expire, job
+        )
         try:
             return await job.future
         finally:
@@ -99,7 +106,9 @@ class MicroBatcher:
         if not job.future.done():
             self.metrics.rejected.labels("timeout").inc()
             job.future.set_exception(
-                Timeout(f"no result within {self.timeout_s:g} s; the service is overloaded")
+                Timeout(
+                    f"no result within the request timeout ({self.timeout_s:g} s); the service is overloaded"
+                )
             )
 
     async def _run(self) -> None:

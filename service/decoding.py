@@ -1,28 +1,54 @@
-"""Request bodies to model input: parsed once into NumPy, with shape, range and NaN checks.
+"""Request bodies to model input: parsed once into NumPy, checked, and bounded in memory and time.
 
 No per-number pydantic validation on this path: orjson parses the body and NumPy checks the
 array as a whole, which is what keeps a one-image JSON request cheap.
+
+Nothing slow runs on the event loop. A small body (at most INLINE_BODY_BYTES, with at most
+INLINE_IMAGE_PIXELS of images in it) is decoded in place, which costs less than a hop to a thread;
+anything larger goes to the decode pool, a few threads shared by all requests. Image sizes are read
+from their headers first, and a request's images together are held to MAX_REQUEST_PIXELS before
+any pixel is decoded. Decoding counts against the request's deadline (REQUEST_TIMEOUT_S from the
+moment its body has arrived): past it the client gets 504 and the decoding stops at the next image.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import io
+import math
+import threading
+import tokenize
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import orjson
+from PIL import Image
 from starlette.requests import Request
 
 from core.preprocessing import (
+    IMAGE_SIZE,
     PIXELS_PER_IMAGE,
+    ImageTooLarge,
     InvalidInput,
     InvalidPixels,
     InvertMode,
     as_batch,
-    decode_image,
+    image_to_input,
+    open_image,
+    pixel_count,
 )
-from service.errors import BadRequest, InvalidRequest, PayloadTooLarge, UnsupportedMediaType
+from service.errors import (
+    BadRequest,
+    InvalidRequest,
+    PayloadTooLarge,
+    Timeout,
+    UnsupportedMediaType,
+    brief,
+)
 from service.multipart import parse_multipart
 
 IMAGE_TYPES = {
@@ -34,8 +60,19 @@ IMAGE_TYPES = {
     "image/x-ms-bmp": "BMP",
     "image/webp": "WEBP",
 }
-BINARY_TYPES = ("application/octet-stream", "application/x-npy")
+JSON_TYPE = "application/json"
+FORM_TYPE = "multipart/form-data"
+NPY_TYPE = "application/x-npy"
+OCTET_TYPE = "application/octet-stream"
 MAX_FORM_FIELDS = 100
+# Decoded in place on the event loop when this small: about a millisecond of work at most.
+INLINE_BODY_BYTES = 64 * 1024
+INLINE_IMAGE_PIXELS = 64 * PIXELS_PER_IMAGE
+# JSON members, objects and strings a request may have beyond what its images and labels need.
+JSON_SLACK = 64
+NPY_MAX_HEADER_BYTES = 10_000
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -44,18 +81,42 @@ class Limits:
     max_instances: int
     max_bulk_instances: int
     max_image_pixels: int
+    max_request_pixels: int
 
 
 @dataclass(frozen=True)
 class Decoded:
-    images: np.ndarray  # (N, 28, 28) float32
+    images: np.ndarray  # (N, 28, 28), uint8 as sent or float32; engines take float32
     fields: dict[str, Any]  # the other JSON members or form fields (labels, dataset, ...)
+    deadline: float  # event-loop time by which the answer is due
+
+
+class DecodePool:
+    """A few threads that decode large bodies and images, so the event loop never does."""
+
+    def __init__(self, threads: int) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode")
+
+    async def run(self, work: Callable[[threading.Event], T], deadline: float) -> T:
+        """work(cancelled) in a pool thread; 504 at the deadline, and `cancelled` tells work to stop."""
+        cancelled = threading.Event()
+        future = asyncio.get_running_loop().run_in_executor(self._executor, work, cancelled)
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await future
+        except TimeoutError:
+            raise Timeout("decoding the request took longer than the request timeout") from None
+        finally:
+            cancelled.set()  # a no-op once work has finished; otherwise it stops at the next image
+
+    def shutdown(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
 
 
 async def read_body(request: Request, limit: int) -> bytes:
     """The whole body, refusing more than `limit` bytes whether or not Content-Length is sent."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"the body has {declared} bytes, more than the limit of {limit}")
     chunks, size = [], 0
     async for chunk in request.stream():
@@ -66,41 +127,115 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-async def decode_request(request: Request, limits: Limits, invert: InvertMode) -> Decoded:
-    """Dispatch on Content-Type: JSON instances, multipart image files, one raw image, or raw pixels."""
-    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+async def decode_request(
+    request: Request,
+    limits: Limits,
+    invert: InvertMode,
+    pool: DecodePool,
+    *,
+    timeout_s: float,
+    json_fields: frozenset[str] = frozenset(),
+) -> Decoded:
+    """Dispatch on Content-Type: JSON instances, multipart image files, one raw image, or raw pixels.
+
+    json_fields: the JSON members allowed besides "instances"; any other is refused.
+    """
+    content_type = request.headers.get("content-type", "")
+    media_type = content_type.split(";")[0].strip().lower()
+    _check_media_type(media_type)  # 415 before a byte of the body is read
     body = await read_body(request, limits.max_body_bytes)
-    if media_type == "application/json":
-        return decode_json(body, limits.max_instances)
-    if media_type == "multipart/form-data":
-        return _decode_form(body, request.headers["content-type"], limits, invert)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    if media_type == FORM_TYPE or media_type.startswith("image/"):
+        images, fields = await _decode_uploads(body, content_type, media_type, limits, invert, pool, deadline)
+        return Decoded(images, fields, deadline)
+
+    def decode(_: threading.Event | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+        if media_type == JSON_TYPE:
+            return decode_json(body, limits.max_instances, json_fields)
+        return decode_binary(body, media_type, limits.max_bulk_instances), {}
+
+    images, fields = decode() if len(body) <= INLINE_BODY_BYTES else await pool.run(decode, deadline)
+    return Decoded(images, fields, deadline)
+
+
+def _check_media_type(media_type: str) -> None:
+    if media_type in (JSON_TYPE, FORM_TYPE, NPY_TYPE, OCTET_TYPE) or media_type in IMAGE_TYPES:
+        return
     if media_type.startswith("image/"):
-        if media_type not in IMAGE_TYPES:
-            raise UnsupportedMediaType(f"unsupported image type {media_type}")
-        return Decoded(_decode_image(body, IMAGE_TYPES[media_type], limits, invert)[None], {})
-    if media_type in BINARY_TYPES:
-        return Decoded(decode_binary(body, media_type, limits.max_bulk_instances), {})
+        raise UnsupportedMediaType(f"unsupported image type {media_type}")
     raise UnsupportedMediaType(
         f"unsupported Content-Type {media_type or '(none)'}; send application/json, multipart/form-data, "
         "image/*, application/octet-stream or application/x-npy"
     )
 
 
-def decode_json(body: bytes, max_instances: int) -> Decoded:
+# ---- JSON ----
+
+
+def decode_json(
+    body: bytes, max_instances: int, allowed_fields: frozenset[str] = frozenset()
+) -> tuple[np.ndarray, dict[str, Any]]:
+    _check_json_structure(body, max_instances)
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise BadRequest(f"the body is not valid JSON ({exc})", code="invalid_json") from exc
     if not isinstance(document, dict):
         raise InvalidRequest("the JSON body must be an object", code="invalid_request")
+    unknown = sorted(set(document) - allowed_fields - {"instances"})
+    if unknown:
+        expected = ", ".join(sorted({"instances", *allowed_fields}))
+        raise InvalidRequest(
+            f"unknown member {brief(unknown[0])} in the JSON body; expected {expected}",
+            code="unknown_field",
+        )
     fields = {key: value for key, value in document.items() if key != "instances"}
     instances = document.get("instances")
     if instances is None:
-        return Decoded(np.empty((0, 28, 28), np.float32), fields)
+        return np.empty((0, IMAGE_SIZE, IMAGE_SIZE), np.float32), fields
     if not isinstance(instances, list):
         raise InvalidPixels("instances must be a list of images")
     check_count(len(instances), max_instances)
-    return Decoded(pixels_from_json(instances), fields)
+    if (b"true" in body or b"false" in body) and _has_boolean(instances):
+        raise InvalidPixels("pixel values must be numbers, received a boolean")
+    return pixels_from_json(instances), fields
+
+
+def _check_json_structure(body: bytes, max_instances: int) -> None:
+    """Refuse, before parsing, a document larger in structure than max_instances images need.
+
+    Parsed JSON takes up to ~40 times its size in Python objects (`[{},{},...]`); counting the
+    bytes that open values bounds that by what the largest legitimate request needs: 784 numbers,
+    29 lists and one label per image, and a few members and objects.
+    """
+    # Twice what max_instances images need, so that a request only somewhat over the limit gets the
+    # exact count from check_count after parsing.
+    values = 2 * max_instances * (PIXELS_PER_IMAGE + 1) + JSON_SLACK
+    bounds = (
+        (b"{", JSON_SLACK, "objects"),
+        (b"[", 2 * max_instances * (IMAGE_SIZE + 1) + JSON_SLACK, "lists"),
+        (b",", values, "values"),
+        (b'"', 2 * values, "strings"),
+    )
+    for token, bound, what in bounds:
+        if body.count(token) > bound:
+            raise InvalidRequest(
+                f"the JSON body has more {what} than {max_instances} images could hold "
+                f"(at most {max_instances} images per request)",
+                code="too_many_instances",
+            )
+
+
+def _has_boolean(instances: list[Any]) -> bool:
+    pending: list[Any] = [instances]
+    while pending:
+        value = pending.pop()
+        if isinstance(value, bool):
+            return True
+        if isinstance(value, list):
+            pending.extend(value)
+    return False
 
 
 def pixels_from_json(instances: list[Any]) -> np.ndarray:
@@ -128,13 +263,13 @@ def _describe(array: np.ndarray) -> str:
     )
 
 
+# ---- binary pixels ----
+
+
 def decode_binary(body: bytes, media_type: str, max_images: int) -> np.ndarray:
     """application/octet-stream: N x 784 uint8 pixels, row-major; application/x-npy: a NumPy .npy array."""
-    if media_type == "application/x-npy":
-        try:
-            array = np.load(io.BytesIO(body), allow_pickle=False)
-        except (ValueError, OSError, EOFError) as exc:
-            raise BadRequest(f"the body is not a valid .npy array ({exc})", code="invalid_npy") from exc
+    if media_type == NPY_TYPE:
+        array = read_npy(body)
     else:
         if len(body) % PIXELS_PER_IMAGE:
             raise InvalidPixels(f"an octet-stream body must be N x 784 bytes, received {len(body)} bytes")
@@ -142,6 +277,34 @@ def decode_binary(body: bytes, media_type: str, max_images: int) -> np.ndarray:
     if array.ndim >= 1:
         check_count(array.shape[0], max_images)
     return as_batch(array)
+
+
+def read_npy(body: bytes) -> np.ndarray:
+    """A numeric .npy array (format 1.0 or 2.0) viewed in place; its header is checked against its size
+    before anything is allocated, and pickles are never loaded."""
+    stream = io.BytesIO(body)
+    try:
+        version = np.lib.format.read_magic(stream)
+        if version == (1, 0):
+            shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(stream, NPY_MAX_HEADER_BYTES)
+        elif version == (2, 0):
+            shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(stream, NPY_MAX_HEADER_BYTES)
+        else:
+            raise ValueError(f"format version {version[0]}.{version[1]} is not supported (1.0 or 2.0)")
+    except (ValueError, TypeError, SyntaxError, EOFError, UnicodeDecodeError, tokenize.TokenError) as exc:
+        raise BadRequest(f"the body is not a valid .npy array ({brief(exc)})", code="invalid_npy") from exc
+    if dtype.kind not in "uif" or dtype.hasobject:
+        raise InvalidPixels(f"pixel values must be numbers, received dtype {dtype}")
+    count = math.prod(shape)
+    data_bytes = len(body) - stream.tell()
+    if count * dtype.itemsize != data_bytes:
+        raise BadRequest(
+            f"the .npy header declares shape {shape} ({count * dtype.itemsize} bytes of data), "
+            f"the body has {data_bytes}",
+            code="invalid_npy",
+        )
+    array = np.frombuffer(body, dtype=dtype, count=count, offset=stream.tell())
+    return array.reshape(shape, order="F" if fortran_order else "C")
 
 
 def check_count(count: int, limit: int) -> None:
@@ -153,22 +316,88 @@ def check_count(count: int, limit: int) -> None:
         )
 
 
-def _decode_form(body: bytes, content_type: str, limits: Limits, invert: InvertMode) -> Decoded:
-    parts = parse_multipart(body, content_type, max_parts=limits.max_instances + MAX_FORM_FIELDS)
-    files = [part for part in parts if part.is_file]
-    fields = {part.name: part.data.decode("utf-8", "replace") for part in parts if not part.is_file}
-    check_count(len(files), limits.max_instances)
-    images = []
-    for part in files:
+# ---- image uploads ----
+
+
+@dataclass(frozen=True)
+class _Upload:
+    name: str | None
+    image: Image.Image  # opened: header read, pixels not decoded yet
+
+
+async def _decode_uploads(
+    body: bytes,
+    content_type: str,
+    media_type: str,
+    limits: Limits,
+    invert: InvertMode,
+    pool: DecodePool,
+    deadline: float,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    def open_all() -> tuple[list[_Upload], dict[str, Any]]:
+        return open_uploads(body, content_type, media_type, limits)
+
+    def convert(uploads: list[_Upload], cancelled: threading.Event | None) -> np.ndarray:
+        return convert_uploads(uploads, invert, cancelled)
+
+    if len(body) > INLINE_BODY_BYTES:
+        uploads, fields = await pool.run(lambda _: open_all(), deadline)
+    else:
+        uploads, fields = open_all()
+    if sum(pixel_count(upload.image) for upload in uploads) <= INLINE_IMAGE_PIXELS:
+        return convert(uploads, None), fields
+    return await pool.run(lambda cancelled: convert(uploads, cancelled), deadline), fields
+
+
+def open_uploads(
+    body: bytes, content_type: str, media_type: str, limits: Limits
+) -> tuple[list[_Upload], dict[str, Any]]:
+    """The images of a multipart form or an image/* body, opened (headers only) and size-checked."""
+    if media_type.startswith("image/"):
+        files: list[tuple[str | None, bytes, str | None]] = [(None, body, IMAGE_TYPES[media_type])]
+        fields: dict[str, Any] = {}
+    else:
+        parts = parse_multipart(body, content_type, max_parts=limits.max_instances + MAX_FORM_FIELDS)
+        files = [
+            (part.filename or "file", part.data, IMAGE_TYPES.get(part.content_type))
+            for part in parts
+            if part.is_file
+        ]
+        fields = {part.name: part.data.decode("utf-8", "replace") for part in parts if not part.is_file}
+        check_count(len(files), limits.max_instances)
+    uploads, total = [], 0
+    for name, data, declared_format in files:
         # A part declared as a specific image type must hold that type; octet-stream or none means "any".
-        try:
-            images.append(_decode_image(part.data, IMAGE_TYPES.get(part.content_type), limits, invert))
-        except InvalidInput as exc:
-            raise type(exc)(f"{part.filename or 'file'}: {exc}") from exc
-    return Decoded(np.stack(images), fields)
+        with _named(name):
+            image = open_image(data, limits.max_image_pixels, declared_format)
+        total += pixel_count(image)
+        if total > limits.max_request_pixels:
+            raise ImageTooLarge(
+                f"the images of this request have more than {limits.max_request_pixels} pixels together; "
+                "send fewer or smaller images per request"
+            )
+        uploads.append(_Upload(name, image))
+    return uploads, fields
 
 
-def _decode_image(data: bytes, declared_format: str | None, limits: Limits, invert: InvertMode) -> np.ndarray:
-    return decode_image(
-        data, invert=invert, max_pixels=limits.max_image_pixels, expected_format=declared_format
-    )
+def convert_uploads(
+    uploads: list[_Upload], invert: InvertMode, cancelled: threading.Event | None
+) -> np.ndarray:
+    images = []
+    for upload in uploads:
+        if cancelled is not None and cancelled.is_set():
+            raise Timeout("decoding the request took longer than the request timeout")
+        with _named(upload.name):
+            images.append(image_to_input(upload.image, invert))
+    return np.stack(images)
+
+
+@contextlib.contextmanager
+def _named(name: str | None) -> Iterator[None]:
+    """Prefix an image's input error with its file name, so the client knows which one failed."""
+    try:
+        yield
+    except InvalidInput as exc:
+        if name is None:
+            raise
+        raise type(exc)(f"{brief(name)}: {exc}") from exc

@@ -1,7 +1,8 @@
 """Typed API errors and the one place that turns every exception into a JSON error response.
 
 Body: {"error": {"code": "...", "message": "..."}}. Client mistakes are 4xx, overload and
-not-ready are 503, timeouts 504; anything unexpected is logged and becomes a generic 500.
+not-ready are 503, timeouts 504; a client that left mid-request is recorded as 499; anything
+unexpected is logged and becomes a generic 500.
 """
 
 from __future__ import annotations
@@ -12,12 +13,14 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
 from core.datasets import DatasetError, DatasetNotFound
 from core.preprocessing import ImageFormatMismatch, ImageTooLarge, InvalidInput
 
 logger = logging.getLogger(__name__)
+CLIENT_CLOSED_REQUEST = 499
 
 
 class ApiError(Exception):
@@ -33,6 +36,9 @@ class ApiError(Exception):
             self.code = code
         self.headers = headers or {}
 
+    def response(self) -> Response:
+        return error_response(self.status, self.code, self.message, self.headers)
+
 
 class BadRequest(ApiError):
     status = 400
@@ -47,6 +53,16 @@ class Unauthorized(ApiError):
 class NotFound(ApiError):
     status = 404
     code = "not_found"
+
+
+class BodyTimeout(ApiError):
+    """The body stalled or crawled: answered with 408 and the connection is closed."""
+
+    status = 408
+    code = "body_timeout"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"Connection": "close"})
 
 
 class PayloadTooLarge(ApiError):
@@ -79,6 +95,13 @@ class Timeout(ApiError):
     code = "timeout"
 
 
+def brief(value: object, limit: int = 60) -> str:
+    """A client-supplied value (or an exception about one) for an error message, cut short: messages
+    are logged, and a client must not be able to write its payload into the log through them."""
+    text = str(value) if isinstance(value, BaseException) else repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
     body = orjson.dumps({"error": {"code": code, "message": message}})
     return Response(body, status_code=status, headers=headers, media_type="application/json")
@@ -87,7 +110,12 @@ def error_response(status: int, code: str, message: str, headers: dict[str, str]
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> Response:
-        return error_response(exc.status, exc.code, exc.message, exc.headers)
+        return exc.response()
+
+    @app.exception_handler(ClientDisconnect)
+    async def client_closed(_: Request, exc: ClientDisconnect) -> Response:
+        # Nobody is left to read an answer; the status is for the access log and metrics (nginx's 499).
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
 
     @app.exception_handler(InvalidInput)
     async def invalid_input(_: Request, exc: InvalidInput) -> Response:
@@ -100,9 +128,12 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(DatasetError)
     async def dataset_error(_: Request, exc: DatasetError) -> Response:
+        # The messages name server paths: they go to the log, the client gets a fixed text.
         if isinstance(exc, DatasetNotFound):
-            return error_response(404, "dataset_not_found", str(exc))
-        return error_response(500, "dataset_error", str(exc))
+            logger.warning("dataset not found: %s", exc)
+            return error_response(404, "dataset_not_found", "the test set is not installed on this server")
+        logger.error("dataset unreadable: %s", exc)
+        return error_response(500, "dataset_error", "the test set on this server cannot be read")
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> Response:

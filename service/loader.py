@@ -3,24 +3,34 @@
 A candidate version is loaded off the event loop, checked (metadata, input shape, classes, engine
 parity on the probe batch, which is also the warm-up), then swapped in with one reference
 assignment. Requests that started on the old version finish on it. A version that fails is never
-served and is not retried until it changes or a reload is forced; the store is never modified here.
+served; it is tried again when any of its files changes, when a reload is forced, or after a
+backoff (RETRY_POLLS poll intervals, doubling up to RETRY_MAX_S) in case the failure was
+transient. The store is never modified here.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
-from core.engines import Engine, EngineError, load_engine
+from core.engines import Engine, EngineError, EngineKind, load_engine
 from core.preprocessing import INPUT_SHAPE
 from core.store import ModelMetadata, ModelStore, StoreError
 from service.config import Settings
 from service.metrics import Metrics
 
 logger = logging.getLogger(__name__)
+RETRY_POLLS = 10
+RETRY_MAX_S = 600.0
+T = TypeVar("T")
+Fingerprint = tuple[tuple[str, int, int], ...]
 
 
 class IncompatibleModel(Exception):
@@ -48,7 +58,7 @@ class RefreshOutcome:
 
 
 def load_version(
-    store: ModelStore, version: int, engine_kind: str, served: LoadedModel | None
+    store: ModelStore, version: int, engine_kind: EngineKind, served: LoadedModel | None
 ) -> LoadedModel:
     """Load and verify one version; raises StoreError, EngineError or IncompatibleModel."""
     metadata = store.read_metadata(version)
@@ -62,19 +72,53 @@ def load_version(
             f"has {served.class_names}; restart the service to change the class list"
         )
     directory = store.version_dir(version)
-    engine = load_engine(directory, engine_kind)  # type: ignore[arg-type]
+    engine = load_engine(directory, engine_kind)
     return LoadedModel(version, metadata, engine, directory)
 
 
+@dataclass(frozen=True)
+class _Failure:
+    reason: str
+    fingerprint: Fingerprint  # the version folder's files when it failed
+    attempts: int
+    retry_at: float  # time.monotonic() after which it is tried again even if unchanged
+
+
+def version_fingerprint(store: ModelStore, version: int) -> Fingerprint:
+    """Names, sizes and modification times of a version's files: changes when any file is replaced."""
+    try:
+        entries = [(entry.name, entry.stat()) for entry in os.scandir(store.version_dir(version))]
+    except (OSError, StoreError):
+        return ()
+    return tuple(sorted((name, info.st_size, info.st_mtime_ns) for name, info in entries))
+
+
 class ModelManager:
+    """Follows the store: loads, verifies and swaps versions. All store I/O runs in one thread of
+    its own with a timeout, so a hung file system can neither block the event loop nor pile up threads."""
+
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self.store = ModelStore(settings.model_store, settings.model_name)
         self.pinned = settings.model_version
-        self.engine_kind = settings.engine
+        self.engine_kind: EngineKind = settings.engine
         self.metrics = metrics
         self.current: LoadedModel | None = None
-        self._failed: dict[int, str] = {}
+        self.timeout_s = settings.store_timeout_s
+        self.retry_base_s = RETRY_POLLS * settings.poll_interval_s
+        self._failed: dict[int, _Failure] = {}
         self._lock = asyncio.Lock()
+        self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-io")
+
+    async def run_io(self, function: Callable[..., T], *args: Any) -> T:
+        """Run a store call in the store thread; StoreError when it takes longer than STORE_TIMEOUT_S."""
+        future = asyncio.get_running_loop().run_in_executor(self._io, function, *args)
+        try:
+            return await asyncio.wait_for(future, self.timeout_s)
+        except TimeoutError:
+            raise StoreError(f"the model store did not answer within {self.timeout_s:g} s") from None
+
+    def close(self) -> None:
+        self._io.shutdown(wait=False, cancel_futures=True)
 
     def target_version(self) -> int | None:
         return self.pinned if self.pinned is not None else self.store.current_version()
@@ -84,25 +128,35 @@ class ModelManager:
         async with self._lock:
             served = self.current.version if self.current else None
             try:
-                target = self.target_version()
+                target = await self.run_io(self.target_version)
             except StoreError as exc:
                 return self._failure(None, str(exc))
             if target is None:
                 return RefreshOutcome(served, False, f"model {self.store.name!r} has no current version")
             if target == served:
                 return RefreshOutcome(served, False)
-            if target in self._failed and not force:
-                return RefreshOutcome(served, False, self._failed[target])
-            started = time.perf_counter()
+            fingerprint: Fingerprint = ()
             try:
-                loaded = await asyncio.to_thread(
-                    load_version, self.store, target, self.engine_kind, self.current
-                )
+                fingerprint = await self.run_io(version_fingerprint, self.store, target)
+                if not force and not self._due(target, fingerprint):
+                    return RefreshOutcome(served, False, self._failed[target].reason)
+                started = time.perf_counter()
+                loaded = await self.run_io(load_version, self.store, target, self.engine_kind, self.current)
             except (StoreError, EngineError, IncompatibleModel) as exc:
-                return self._failure(target, str(exc))
+                return self._failure(target, str(exc), fingerprint)
             self.metrics.load_duration.observe(time.perf_counter() - started)
             self._swap(loaded)
             return RefreshOutcome(loaded.version, True)
+
+    def _due(self, version: int, fingerprint: Fingerprint) -> bool:
+        """Whether to try a version: never failed, its files changed since, or its backoff is over."""
+        failure = self._failed.get(version)
+        if failure is None:
+            return True
+        if fingerprint == failure.fingerprint and time.monotonic() < failure.retry_at:
+            return False
+        self.metrics.retries.inc()
+        return True
 
     async def watch(self, interval_s: float) -> None:
         """Poll the store forever; each pass is cheap (one small file read) when nothing changed."""
@@ -128,9 +182,12 @@ class ModelManager:
             },
         )
 
-    def _failure(self, version: int | None, reason: str) -> RefreshOutcome:
+    def _failure(self, version: int | None, reason: str, fingerprint: Fingerprint = ()) -> RefreshOutcome:
         if version is not None:
-            self._failed[version] = reason
+            previous = self._failed.get(version)
+            attempts = previous.attempts + 1 if previous else 1
+            delay = min(RETRY_MAX_S, self.retry_base_s * 2 ** (attempts - 1))
+            self._failed[version] = _Failure(reason, fingerprint, attempts, time.monotonic() + delay)
         self.metrics.reloads.labels("failure").inc()
         served = self.current.version if self.current else None
         logger.error("version not served", extra={"version": version, "reason": reason, "serving": served})

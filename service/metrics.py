@@ -45,7 +45,16 @@ class Metrics:
         )
         self.queue_depth = Gauge("model_queue_images", "Images waiting for the engine.", registry=r)
         self.rejected = Counter(
-            "model_rejected_requests", "Requests refused: queue full or timed out.", ["reason"], registry=r
+            "model_rejected_requests",
+            "Requests refused by the inference path: queue full, timed out, evaluations busy.",
+            ["reason"],
+            registry=r,
+        )
+        self.http_rejected = Counter(
+            "http_rejected_requests",
+            "Requests refused for how they arrived: body budget or pace, head size or time, connections.",
+            ["reason"],
+            registry=r,
         )
         self.predictions = Counter(
             "model_predictions", "Predicted images by class.", ["class_name"], registry=r
@@ -60,6 +69,11 @@ class Metrics:
             registry=r,
         )
         self.reloads = Counter("model_reloads", "Version loads by outcome.", ["outcome"], registry=r)
+        self.retries = Counter(
+            "model_reload_retries",
+            "Loads of a version that had failed before (changed or backed off).",
+            registry=r,
+        )
         self.last_swap = Gauge(
             "model_last_swap_timestamp_seconds", "Unix time the served version last changed.", registry=r
         )

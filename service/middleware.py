@@ -1,7 +1,12 @@
-"""One ASGI layer around every request: request id, metrics and a JSON access log line (never payloads)."""
+"""The ASGI layers around every request.
+
+ObservabilityMiddleware (outermost): request id, metrics and a JSON access log line (never payloads).
+BodyGuardMiddleware: the memory and pace of request bodies.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import os
@@ -10,7 +15,7 @@ import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import error_response
+from service.errors import BodyTimeout, Overloaded, error_response
 from service.metrics import Metrics
 
 access_log = logging.getLogger("service.access")
@@ -30,11 +35,12 @@ class ObservabilityMiddleware:
         started = time.perf_counter()
         request_id = _request_id(scope)
         status = 500
+        status_sent = False
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, status_sent
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, status_sent = message["status"], True
                 message.setdefault("headers", [])
                 message["headers"] = [*message["headers"], (REQUEST_ID_HEADER, request_id.encode())]
             await send(message)
@@ -42,6 +48,14 @@ class ObservabilityMiddleware:
         self.metrics.in_flight.inc()
         try:
             await self.app(scope, receive, send_with_id)
+        except asyncio.CancelledError:
+            # uvicorn cancels the requests still running when the graceful shutdown timeout ends.
+            # Answer in JSON rather than uvicorn's plain-text 500, then let the task end quietly.
+            if status_sent:
+                raise
+            await error_response(503, "shutting_down", "the service stopped before this request finished")(
+                scope, receive, send_with_id
+            )
         finally:
             self.metrics.in_flight.dec()
             elapsed = time.perf_counter() - started
@@ -73,39 +87,77 @@ def _request_id(scope: Scope) -> str:
     return f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"
 
 
-class BodyBudgetMiddleware:
-    """Bounds the request bodies held in memory at once: past the budget, 503 before a body is read.
+class BodyGuardMiddleware:
+    """Bounds request bodies as they arrive: the memory all of them hold together, and their pace.
 
-    Uses the declared Content-Length; a body without one is still capped by MAX_BODY_BYTES.
+    - Bytes are counted against MAX_INFLIGHT_BODY_BYTES as they arrive, with or without a
+      Content-Length, and released when the request ends. A body that would pass the budget gets
+      503; a declared length that cannot fit now gets 503 before a byte is read. A client that
+      declares a large body and sends nothing holds nothing.
+    - Each piece of a body must arrive within BODY_TIMEOUT_S, and once that long has passed the
+      body must keep up MIN_BODY_RATE bytes/s on average; otherwise 408 and the connection closes.
     """
 
-    def __init__(self, app: ASGIApp, budget_bytes: int, metrics: Metrics) -> None:
+    def __init__(
+        self, app: ASGIApp, *, budget_bytes: int, timeout_s: float, min_rate: int, metrics: Metrics
+    ) -> None:
         self.app = app
         self.budget_bytes = budget_bytes
+        self.timeout_s = timeout_s
+        self.min_rate = min_rate
         self.metrics = metrics
         self.in_use = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        size = _content_length(scope) if scope["type"] == "http" else 0
-        if not size:
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        if self.in_use and self.in_use + size > self.budget_bytes:
-            self.metrics.rejected.labels("body_budget").inc()
-            response = error_response(
-                503, "overloaded", "too many large requests in progress; retry shortly", {"Retry-After": "1"}
-            )
-            await response(scope, receive, send)
+        declared = _content_length(scope)
+        if declared and self.in_use and self.in_use + declared > self.budget_bytes:
+            await self._overloaded().response()(scope, receive, send)
             return
-        self.in_use += size
+        held = 0
+        complete = False
+        started = time.monotonic()
+
+        async def counted_receive() -> Message:
+            nonlocal held, complete
+            if complete:
+                return await receive()  # after the body: only a disconnect can come, at any time
+            try:
+                async with asyncio.timeout(self.timeout_s):
+                    message = await receive()
+            except TimeoutError:
+                raise self._too_slow(f"no part of the body arrived for {self.timeout_s:g} s") from None
+            if message["type"] != "http.request":
+                return message
+            size = len(message.get("body", b""))
+            complete = not message.get("more_body", False)
+            if self.in_use + size > self.budget_bytes:
+                raise self._overloaded()
+            held += size
+            self.in_use += size
+            elapsed = time.monotonic() - started
+            if not complete and self.min_rate and held < self.min_rate * (elapsed - self.timeout_s):
+                raise self._too_slow(f"the body arrives slower than {self.min_rate} bytes/s")
+            return message
+
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, counted_receive, send)
         finally:
-            self.in_use -= size
+            self.in_use -= held
+
+    def _overloaded(self) -> Overloaded:
+        self.metrics.http_rejected.labels("body_budget").inc()
+        return Overloaded("too many large requests in progress; retry shortly", headers={"Retry-After": "1"})
+
+    def _too_slow(self, message: str) -> BodyTimeout:
+        self.metrics.http_rejected.labels("body_timeout").inc()
+        return BodyTimeout(message)
 
 
 def _content_length(scope: Scope) -> int:
     for name, value in scope["headers"]:
         if name == b"content-length":
-            return int(value) if value.isdigit() else 0
+            return int(value) if value.isascii() and value.isdigit() else 0
     return 0

@@ -8,11 +8,15 @@ directly instead, collecting each part's bytes.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from python_multipart.exceptions import ParseError
+from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from service.errors import BadRequest, InvalidRequest
+
+if TYPE_CHECKING:  # defined for type checkers only
+    from python_multipart.multipart import MultipartCallbacks
 
 
 @dataclass
@@ -67,19 +71,17 @@ def parse_multipart(body: bytes, content_type_header: str, max_parts: int) -> li
     def on_part_data(data: bytes, start: int, end: int) -> None:
         parts[-1].chunks.append(data[start:end])
 
-    parser = MultipartParser(
-        boundary,
-        {
-            "on_part_begin": on_part_begin,
-            "on_header_field": on_header_field,
-            "on_header_value": on_header_value,
-            "on_header_end": on_header_end,
-            "on_part_data": on_part_data,
-        },
-    )
+    callbacks: MultipartCallbacks = {
+        "on_part_begin": on_part_begin,
+        "on_header_field": on_header_field,
+        "on_header_value": on_header_value,
+        "on_header_end": on_header_end,
+        "on_part_data": on_part_data,
+    }
     try:
+        parser = MultipartParser(boundary, callbacks)  # refuses a boundary over 256 bytes
         parser.write(body)
         parser.finalize()
-    except ParseError as exc:
+    except FormParserError as exc:  # ParseError and the constructor's errors alike
         raise BadRequest(f"the multipart body cannot be parsed ({exc})", code="invalid_multipart") from exc
     return parts

@@ -71,7 +71,8 @@ CASES: list[tuple[str, dict[str, Any], int, str]] = [
     ),
     ("not an object", {"json": [[0] * 784]}, 422, "invalid_request"),
     ("instances not a list", {"json": {"instances": 5}}, 422, "invalid_pixels"),
-    ("missing instances", {"json": {"images": []}}, 422, "missing_instances"),
+    ("missing instances", {"json": {}}, 422, "missing_instances"),
+    ("unknown member", {"json": {"images": []}}, 422, "unknown_field"),
     ("empty instances", {"json": {"instances": []}}, 422, "empty_instances"),
     ("too many instances", {"json": {"instances": [[0] * 784] * 9}}, 422, "too_many_instances"),
     (
@@ -226,7 +227,7 @@ json_values = st.recursive(
 @given(st.one_of(json_values, st.fixed_dictionaries({"instances": json_values})))
 def test_any_json_document_decodes_or_raises_a_client_error(document: Any) -> None:
     try:
-        decoded = decode_json(orjson.dumps(document), max_instances=8)
+        images, _ = decode_json(orjson.dumps(document), max_instances=8)
     except (ApiError, InvalidInput):
         return
-    assert decoded.images.ndim == 3 and decoded.images.shape[1:] == (28, 28)
+    assert images.ndim == 3 and images.shape[1:] == (28, 28)

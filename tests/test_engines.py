@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -39,20 +40,33 @@ def test_an_artifact_that_disagrees_with_keras_is_refused(store_copy: Path) -> N
     impostor = build_model(10, hidden_units=(32,))  # same shapes, untrained weights
     impostor(np.zeros((1, 28, 28), np.float32))
     impostor.export(str(version_dir(store_copy) / ONNX_FILE), format="onnx", verbose=False)
-    with pytest.raises(EngineError, match="onnx engine disagrees with the published Keras outputs"):
-        load_engine(version_dir(store_copy), "onnx")
-    assert load_engine(version_dir(store_copy), "auto").kind == "keras"
+    for kind in ("onnx", "auto"):  # auto never falls back to Keras for a version that has the artifact
+        with pytest.raises(EngineError, match="onnx engine disagrees with the published Keras outputs"):
+            load_engine(version_dir(store_copy), kind)  # type: ignore[arg-type]
 
 
-def test_a_corrupt_artifact_is_refused(store_copy: Path) -> None:
+def test_a_corrupt_artifact_is_refused_not_replaced_by_keras(store_copy: Path) -> None:
     (version_dir(store_copy) / ONNX_FILE).write_bytes(b"garbage")
-    with pytest.raises(EngineError, match="cannot be loaded by ONNX Runtime"):
-        load_engine(version_dir(store_copy), "onnx")
+    for kind in ("onnx", "auto"):
+        with pytest.raises(EngineError, match="cannot be loaded by ONNX Runtime"):
+            load_engine(version_dir(store_copy), kind)  # type: ignore[arg-type]
+    assert load_engine(version_dir(store_copy), "keras").kind == "keras"  # asked for by name, it serves
+
+
+def test_files_that_are_not_regular_are_refused_without_blocking(tiny_store: Path, store_copy: Path) -> None:
+    for name in (ONNX_FILE, PROBE_FILE):
+        path = version_dir(store_copy) / name
+        path.unlink()
+        os.mkfifo(path)  # opening a FIFO would wait for a writer forever
+        with pytest.raises(EngineError, match="not a regular file"):
+            load_engine(version_dir(store_copy))
+        path.unlink()
+        shutil.copy(version_dir(tiny_store) / name, path)
 
 
 def test_a_missing_probe_means_the_version_cannot_be_verified(store_copy: Path) -> None:
     (version_dir(store_copy) / PROBE_FILE).unlink()
-    with pytest.raises(EngineError, match="missing or unreadable probe"):
+    with pytest.raises(EngineError, match="missing or not a regular file"):
         load_engine(version_dir(store_copy))
 
 

@@ -1,25 +1,49 @@
-"""POST /evaluate: loss, accuracy, per-class metrics and confusion matrix on labelled images."""
+"""POST /evaluate: loss, accuracy, per-class metrics and confusion matrix on labelled images.
+
+Evaluations are admitted MAX_EVALUATIONS at a time (503 with Retry-After beyond), run through the
+request batcher in batches of MAX_BATCH_IMAGES (so /predict requests keep their turn between them)
+and end at the request deadline (504). The Fashion-MNIST test set is read once, on first use, and
+shared by every evaluation.
+"""
 
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import orjson
 from fastapi import APIRouter, Depends, Query, Request
-from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
-from core.datasets import FASHION_MNIST_CLASSES, Split, load_fashion_mnist
+from core.datasets import FASHION_MNIST_CLASSES, Split, load_fashion_mnist_test
 from core.evaluation import evaluate_probabilities
 from core.preprocessing import InvertMode
+from service.batching import MicroBatcher
 from service.decoding import decode_request
 from service.deps import LimitsDep, ModelDep, SettingsDep, require_api_key
-from service.errors import InvalidRequest
+from service.errors import InvalidRequest, Overloaded, brief
+from service.loader import LoadedModel
 from service.schemas import EvaluateRequest, EvaluateResponse, error_responses, image_body_doc
 
 router = APIRouter(tags=["inference"], dependencies=[Depends(require_api_key)])
+JSON_FIELDS = frozenset({"labels", "dataset", "limit"})
+
+
+class TestSet:
+    """The Fashion-MNIST test split, read on first use by one request while the others wait for it."""
+
+    def __init__(self, data_dir: Path | None) -> None:
+        self.data_dir = data_dir
+        self._split: Split | None = None
+        self._lock = asyncio.Lock()
+
+    async def get(self) -> Split:
+        async with self._lock:
+            if self._split is None:
+                self._split = await asyncio.to_thread(load_fashion_mnist_test, self.data_dir)
+            return self._split
 
 
 @router.post(
@@ -31,7 +55,7 @@ router = APIRouter(tags=["inference"], dependencies=[Depends(require_api_key)])
         "Fashion-MNIST test set (optionally `limit`)."
     ),
     response_model=EvaluateResponse,
-    responses=error_responses(400, 401, 404, 413, 415, 422, 503),
+    responses=error_responses(400, 401, 404, 408, 413, 415, 422, 503, 504),
     openapi_extra=image_body_doc(EvaluateRequest),
 )
 async def evaluate(
@@ -41,21 +65,24 @@ async def evaluate(
     settings: SettingsDep,
     invert: InvertMode = Query("auto"),
 ) -> Response:
-    decoded = await decode_request(request, limits, invert)
-    if decoded.fields.get("dataset") is not None:
-        if model.class_names != FASHION_MNIST_CLASSES:
-            raise InvalidRequest("the served model's classes are not Fashion-MNIST's", code="invalid_dataset")
-        split = await _named_dataset(request, decoded.fields, settings.fashion_mnist_dir)
-    elif len(decoded.images):
-        split = Split(
-            decoded.images, parse_labels(decoded.fields.get("labels"), len(decoded.images), model.class_names)
+    state = request.app.state
+    admission: asyncio.Semaphore = state.evaluations
+    if admission.locked():  # refused before the body is read
+        state.metrics.rejected.labels("evaluations_busy").inc()
+        raise Overloaded(
+            f"{settings.max_evaluations} evaluations are running; retry shortly", headers={"Retry-After": "2"}
         )
-    else:
-        raise InvalidRequest(
-            "send instances (or image files) with labels, or a dataset", code="missing_instances"
+    async with admission:
+        decoded = await decode_request(
+            request,
+            limits,
+            invert,
+            state.decode_pool,
+            timeout_s=settings.request_timeout_s,
+            json_fields=JSON_FIELDS,
         )
-    # Evaluation batches are large: run them off the event loop, outside the request batcher.
-    probabilities = await run_in_threadpool(model.engine.predict, split.images.astype(np.float32))
+        split = await _labelled_split(state.test_set, model, decoded.images, decoded.fields)
+        probabilities = await _predict_in_batches(state.batcher, model, split.images, decoded.deadline)
     metrics, matrix = evaluate_probabilities(probabilities, split.labels, model.class_names)
     body = {
         "model": {"name": model.metadata.name, "version": model.version},
@@ -66,12 +93,44 @@ async def evaluate(
     return Response(orjson.dumps(body), media_type="application/json")
 
 
+async def _labelled_split(
+    test_set: TestSet, model: LoadedModel, images: np.ndarray, fields: dict[str, Any]
+) -> Split:
+    if fields.get("dataset") is not None:
+        if model.class_names != FASHION_MNIST_CLASSES:
+            raise InvalidRequest("the served model's classes are not Fashion-MNIST's", code="invalid_dataset")
+        if fields["dataset"] != "test":
+            raise InvalidRequest(
+                f"unknown dataset {brief(fields['dataset'])}; the only one is 'test'", code="invalid_dataset"
+            )
+        limit = fields.get("limit")
+        if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
+            raise InvalidRequest(f"limit must be a positive integer, received {brief(limit)}")
+        return (await test_set.get()).head(limit)
+    if len(images):
+        return Split(images, parse_labels(fields.get("labels"), len(images), model.class_names))
+    raise InvalidRequest(
+        "send instances (or image files) with labels, or a dataset", code="missing_instances"
+    )
+
+
+async def _predict_in_batches(
+    batcher: MicroBatcher, model: LoadedModel, images: np.ndarray, deadline: float
+) -> np.ndarray:
+    """One batcher job per MAX_BATCH_IMAGES images, one after another, so other requests interleave."""
+    size = batcher.max_batch_images
+    parts = [
+        await batcher.predict(model, images[i : i + size], deadline) for i in range(0, len(images), size)
+    ]
+    return np.concatenate(parts)
+
+
 def parse_labels(raw: Any, count: int, class_names: list[str]) -> np.ndarray:
     """Labels as a JSON list or a comma-separated string of class ids or class names."""
     if raw is None:
         raise InvalidRequest("labels are required, one per image", code="missing_labels")
     if isinstance(raw, str):
-        raw = orjson.loads(raw) if raw.lstrip().startswith("[") else [part.strip() for part in raw.split(",")]
+        raw = _label_list(raw)
     if not isinstance(raw, list) or len(raw) != count:
         received = len(raw) if isinstance(raw, list) else type(raw).__name__
         raise InvalidRequest(
@@ -80,30 +139,28 @@ def parse_labels(raw: Any, count: int, class_names: list[str]) -> np.ndarray:
     return np.asarray([_class_id(label, class_names) for label in raw], dtype=np.int64)
 
 
+def _label_list(raw: str) -> Any:
+    if not raw.lstrip().startswith("["):
+        return [part.strip() for part in raw.split(",")]
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"labels are not a valid JSON list ({exc})", code="invalid_labels") from exc
+
+
 def _class_id(label: Any, class_names: list[str]) -> int:
-    if isinstance(label, str) and label.strip().isdigit():
+    if isinstance(label, str) and _is_class_number(label.strip()):
         label = int(label)
     if isinstance(label, int) and not isinstance(label, bool) and 0 <= label < len(class_names):
         return label
     if isinstance(label, str) and label in class_names:
         return class_names.index(label)
     raise InvalidRequest(
-        f"label {label!r} is not a class: use 0-{len(class_names) - 1} or one of {class_names}",
+        f"label {brief(label)} is not a class: use 0-{len(class_names) - 1} or one of {class_names}",
         code="invalid_labels",
     )
 
 
-async def _named_dataset(request: Request, fields: dict[str, Any], data_dir: Any) -> Split:
-    if fields["dataset"] != "test":
-        raise InvalidRequest(
-            f"unknown dataset {fields['dataset']!r}; the only one is 'test'", code="invalid_dataset"
-        )
-    limit = fields.get("limit")
-    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
-        raise InvalidRequest(f"limit must be a positive integer, received {limit!r}", code="invalid_request")
-    state = request.app.state
-    if getattr(state, "test_split", None) is None:
-        dataset = await asyncio.to_thread(load_fashion_mnist, data_dir, allow_download=False)
-        state.test_split = dataset.test
-    split: Split = state.test_split
-    return split.head(limit)
+def _is_class_number(text: str) -> bool:
+    # ASCII digits only ("²".isdigit() is true, int() refuses it), and short enough for int().
+    return 0 < len(text) <= 9 and text.isascii() and text.isdigit()

@@ -1,4 +1,5 @@
-"""Liveness, readiness and the Prometheus endpoint: cheap and never authenticated."""
+"""Liveness, readiness and the Prometheus endpoint: cheap, never authenticated, GET or HEAD (health checkers
+use both)."""
 
 from __future__ import annotations
 
@@ -13,13 +14,14 @@ from service.schemas import Ready, error_responses
 router = APIRouter(tags=["operations"])
 
 
-@router.get("/health", summary="Liveness: 200 while the process works")
+@router.api_route("/health", methods=["GET", "HEAD"], summary="Liveness: 200 while the process works")
 async def health() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get(
+@router.api_route(
     "/health/ready",
+    methods=["GET", "HEAD"],
     summary="Readiness: 200 once a model is loaded and warmed up",
     response_model=Ready,
     responses=error_responses(503),
@@ -31,6 +33,6 @@ async def ready(manager: ManagerDep) -> dict[str, object]:
     return {"status": "ready", "model": {"name": manager.store.name, "version": model.version}}
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+@router.api_route("/metrics", methods=["GET", "HEAD"], summary="Prometheus metrics", response_class=Response)
 async def metrics(request: Request) -> Response:
     return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -12,7 +12,7 @@ from starlette.responses import Response
 from core.preprocessing import InvertMode
 from service.decoding import decode_request
 from service.deps import get_model, require_api_key
-from service.errors import InvalidRequest
+from service.errors import InvalidRequest, brief
 from service.loader import LoadedModel
 from service.schemas import PredictRequest, PredictResponse, error_responses, image_body_doc
 
@@ -46,7 +46,7 @@ QUERY_DOC = [
         "dark-on-light images are inverted."
     ),
     response_model=PredictResponse,
-    responses=error_responses(400, 401, 413, 415, 422, 503, 504),
+    responses=error_responses(400, 401, 408, 413, 415, 422, 503, 504),
     openapi_extra={**image_body_doc(PredictRequest), "parameters": QUERY_DOC},
 )
 async def predict(request: Request) -> Response:
@@ -54,13 +54,16 @@ async def predict(request: Request) -> Response:
     # one-image inference. The same dependency functions are called directly instead.
     await require_api_key(request)
     model = await get_model(request)
-    batcher = request.app.state.batcher
+    state = request.app.state
+    batcher = state.batcher
     batcher.check_capacity()
     invert, top_k = query_options(request)
-    decoded = await decode_request(request, request.app.state.limits, invert)
+    decoded = await decode_request(
+        request, state.limits, invert, state.decode_pool, timeout_s=state.settings.request_timeout_s
+    )
     if not len(decoded.images):
         raise InvalidRequest("instances is required", code="missing_instances")
-    probabilities = await batcher.predict(model, decoded.images)
+    probabilities = await batcher.predict(model, decoded.images, decoded.deadline)
     return Response(orjson.dumps(prediction_body(model, probabilities, top_k)), media_type="application/json")
 
 
@@ -70,12 +73,13 @@ def query_options(request: Request) -> tuple[InvertMode, int | None]:
     params = request.query_params
     invert = params.get("invert", "auto")
     if invert not in ("auto", "true", "false"):
-        raise InvalidRequest(f"invert must be auto, true or false, received {invert!r}")
+        raise InvalidRequest(f"invert must be auto, true or false, received {brief(invert)}")
     raw_top_k = params.get("top_k")
     if raw_top_k is None:
         return invert, None  # type: ignore[return-value]
-    if not raw_top_k.isdigit() or int(raw_top_k) < 1:
-        raise InvalidRequest(f"top_k must be a positive integer, received {raw_top_k!r}")
+    # ASCII digits only: "²" and "٣" pass str.isdigit() but not int(); more than 6 digits is never useful.
+    if not (0 < len(raw_top_k) <= 6 and raw_top_k.isascii() and raw_top_k.isdigit()) or int(raw_top_k) < 1:
+        raise InvalidRequest(f"top_k must be a positive integer, received {brief(raw_top_k)}")
     return invert, int(raw_top_k)  # type: ignore[return-value]
 
 

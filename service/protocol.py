@@ -1,0 +1,189 @@
+"""The HTTP/1.1 connection layer: uvicorn's httptools protocol with the bounds it lacks.
+
+uvicorn with httptools reads a request head of any size, with any number of fields, for as long
+as the client takes, and keeps any number of connections open. With no proxy in front (`docker
+run`), that lets a handful of sockets hold memory or every connection slot. This subclass adds:
+
+- max_header_bytes: the request line and headers together; past it, 431 and the connection closes;
+- max_headers: header fields per request; past it, 431;
+- header_timeout_s: from the connection (or from the first byte of a later request on a kept-alive
+  connection) to the end of the head; past it, 408, or a plain close when nothing was sent at all;
+- max_connections: connections opened beyond it get 503 with Retry-After on their first request and
+  are closed.
+
+Idle kept-alive connections are closed by uvicorn's own keep-alive timeout. Requests refused here
+never reach the application; the answer is the API's JSON error shape, written here directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import ClassVar
+
+import httptools
+import orjson
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+access_log = logging.getLogger("service.access")
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    max_connections: int
+    max_header_bytes: int
+    max_headers: int
+    header_timeout_s: float
+    on_refused: Callable[[str], None] = lambda reason: None  # counts refusals (a metric)
+
+
+class _Refused(Exception):
+    """Raised from a parser callback (after answering) to stop parsing a refused request."""
+
+
+def guarded_protocol(limits: ConnectionLimits) -> type[HttpToolsProtocol]:
+    """The protocol class to pass to uvicorn as `http=`, bound to these limits."""
+    return type("GuardedHttpToolsProtocol", (GuardedHttpToolsProtocol,), {"limits": limits})
+
+
+class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    limits: ClassVar[ConnectionLimits]
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._over_capacity = len(self.connections) > self.limits.max_connections
+        self._refusing = False
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._start_head()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_head_timer()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._refusing:
+            return
+        self._unset_keepalive_if_required()
+        if self._in_head:
+            self._head_bytes += len(data)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._unsupported_upgrade_warning()  # no WebSocket routes: the request is served as plain HTTP
+        except httptools.HttpParserError:
+            # Either a callback below refused the request (and answered), or the bytes are not HTTP.
+            self._refuse(400, "invalid_http", "the request is not valid HTTP/1.1", "invalid_http")
+            return
+        # Counted per received chunk, so httptools never buffers much more than the limit.
+        if self._in_head and self._head_bytes > self.limits.max_header_bytes:
+            self._refuse_head_too_large()
+
+    # ---- parser callbacks ----
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if not self._in_head:  # a pipelined request, parsed while the previous one is served
+            self._start_head()
+        elif self._head_timer is None:  # the first byte of a later request on a kept-alive connection
+            self._head_timer = self.loop.call_later(self.limits.header_timeout_s, self._head_timed_out)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_count += 1
+        if self._header_count > self.limits.max_headers:
+            self._refuse(
+                431,
+                "too_many_headers",
+                f"more than {self.limits.max_headers} header fields",
+                "too_many_headers",
+            )
+            raise _Refused
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._stop_head_timer()
+        if self._head_bytes > self.limits.max_header_bytes:
+            self._refuse_head_too_large()
+            raise _Refused
+        if self._over_capacity:
+            self._refuse(
+                503,
+                "overloaded",
+                f"more than {self.limits.max_connections} open connections; retry shortly",
+                "too_many_connections",
+                retry_after=True,
+            )
+            raise _Refused
+        super().on_headers_complete()
+
+    # ---- head state ----
+
+    def _start_head(self) -> None:
+        self._in_head = True
+        self._head_bytes = 0
+        self._header_count = 0
+        if self._head_timer is None:
+            self._head_timer = self.loop.call_later(self.limits.header_timeout_s, self._head_timed_out)
+
+    def _stop_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def on_response_complete(self) -> None:
+        waiting = bool(self.pipeline)
+        super().on_response_complete()
+        if not waiting:
+            # The next request's head: its clock starts at its first byte (on_message_begin); until
+            # then uvicorn's keep-alive timeout closes the idle connection.
+            self._in_head, self._head_bytes, self._header_count = True, 0, 0
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self.transport.is_closing() or not self._in_head:
+            return
+        if self._head_bytes == 0:
+            self.limits.on_refused("idle_connection")
+            self.transport.close()  # nothing was asked: nothing to answer
+            return
+        self._refuse(
+            408,
+            "header_timeout",
+            f"the request headers did not arrive within {self.limits.header_timeout_s:g} s",
+            "header_timeout",
+        )
+
+    def _refuse_head_too_large(self) -> None:
+        self._refuse(
+            431,
+            "headers_too_large",
+            f"the request line and headers exceed {self.limits.max_header_bytes} bytes",
+            "headers_too_large",
+        )
+
+    def _refuse(
+        self, status: int, code: str, message: str, reason: str, *, retry_after: bool = False
+    ) -> None:
+        """Answer with a JSON error and close; the rest of the connection's input is ignored."""
+        if self._refusing or self.transport.is_closing():
+            return
+        self._refusing = True
+        self._stop_head_timer()
+        self.limits.on_refused(reason)
+        access_log.info(
+            "refused", extra={"status": status, "reason": reason, "client": (self.client or ("-",))[0]}
+        )
+        body = orjson.dumps({"error": {"code": code, "message": message}})
+        head = [
+            f"HTTP/1.1 {status} {HTTPStatus(status).phrase}",
+            "content-type: application/json",
+            f"content-length: {len(body)}",
+            "connection: close",
+        ]
+        if retry_after:
+            head.append("retry-after: 1")
+        self.transport.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)
+        self.transport.close()
