@@ -10,7 +10,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import httpx
 
+from bench.attacks import free_port
 from bench.workloads import WORKLOADS, Workload, build_bodies
 
 REPO = Path(__file__).resolve().parent.parent
@@ -174,7 +174,7 @@ def _current_version_dir() -> Path:
 
 @contextmanager
 def _running(spec: ServerSpec) -> Iterator[tuple[int, float]]:
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         **dict(spec.env),
@@ -259,12 +259,6 @@ def _peak_rss_mb(pid: int) -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return float("nan")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _row(r: Result) -> str:

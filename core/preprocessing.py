@@ -20,6 +20,8 @@ MIN_PIXEL = 0.0
 MAX_PIXEL = 255.0
 SUPPORTED_FORMATS = frozenset({"PNG", "JPEG", "GIF", "BMP", "WEBP"})
 DEFAULT_MAX_IMAGE_PIXELS = 25_000_000
+# Pillow keeps a pointer per row: a 1 x 25,000,000 image costs 200 MB and seconds before any pixel.
+MAX_IMAGE_SIDE = 32_768
 
 InvertMode = Literal["auto", "true", "false"]
 
@@ -80,9 +82,11 @@ def open_image(data: bytes, max_pixels: int, expected_format: str | None = None)
         raise InvalidImage(f"unsupported image format {image.format}; use PNG, JPEG, GIF, BMP or WebP")
     if expected_format and image.format != expected_format:
         raise ImageFormatMismatch(f"declared as {expected_format} but the data is {image.format}")
+    width, height = image.size
     if pixel_count(image) > max_pixels:
-        width, height = image.size
         raise ImageTooLarge(f"the image has {width}x{height} pixels, more than the limit of {max_pixels}")
+    if max(width, height) > MAX_IMAGE_SIDE:
+        raise ImageTooLarge(f"the image is {width}x{height}: no side may exceed {MAX_IMAGE_SIDE} pixels")
     return image
 
 

@@ -384,11 +384,16 @@ def convert_uploads(
     uploads: list[_Upload], invert: InvertMode, cancelled: threading.Event | None
 ) -> np.ndarray:
     images = []
-    for upload in uploads:
-        if cancelled is not None and cancelled.is_set():
-            raise Timeout("decoding the request took longer than the request timeout")
-        with _named(upload.name):
-            images.append(image_to_input(upload.image, invert))
+    try:
+        for upload in uploads:
+            if cancelled is not None and cancelled.is_set():
+                raise Timeout("decoding the request took longer than the request timeout")
+            with _named(upload.name):
+                images.append(image_to_input(upload.image, invert))
+            upload.image.close()  # frees the decoded pixels now rather than when the request ends
+    finally:
+        for upload in uploads:
+            upload.image.close()
     return np.stack(images)
 
 

@@ -21,7 +21,19 @@ class JsonFormatter(logging.Formatter):
         entry.update({key: value for key, value in vars(record).items() if key not in _STANDARD})
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return orjson.dumps(entry, default=str).decode()
+        try:
+            return orjson.dumps(entry, default=str).decode()
+        except orjson.JSONEncodeError:  # e.g. an integer beyond 64 bits, which `default` never sees
+            return orjson.dumps({key: _plain(value) for key, value in entry.items()}, default=str).decode()
+
+
+def _plain(value: object) -> object:
+    return (
+        value
+        if isinstance(value, str | float | bool | None)
+        or (isinstance(value, int) and -(2**63) <= value < 2**64)
+        else str(value)
+    )
 
 
 def configure_logging(level: str) -> None:

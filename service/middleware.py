@@ -96,6 +96,8 @@ class BodyGuardMiddleware:
       declares a large body and sends nothing holds nothing.
     - Each piece of a body must arrive within BODY_TIMEOUT_S, and once that long has passed the
       body must keep up MIN_BODY_RATE bytes/s on average; otherwise 408 and the connection closes.
+    - A response sent before the whole body was read closes the connection, so the rest of the
+      body is never read.
     """
 
     def __init__(
@@ -142,8 +144,17 @@ class BodyGuardMiddleware:
                 raise self._too_slow(f"the body arrives slower than {self.min_rate} bytes/s")
             return message
 
+        async def closing_send(message: Message) -> None:
+            if message["type"] == "http.response.start" and not complete and (declared or _chunked(scope)):
+                # Answered before the body was read (an error): close rather than read and discard the
+                # rest of it, which could be megabytes.
+                headers = list(message.get("headers", []))
+                if not any(name.lower() == b"connection" for name, _ in headers):
+                    message["headers"] = [*headers, (b"connection", b"close")]
+            await send(message)
+
         try:
-            await self.app(scope, counted_receive, send)
+            await self.app(scope, counted_receive, closing_send)
         finally:
             self.in_use -= held
 
@@ -154,6 +165,10 @@ class BodyGuardMiddleware:
     def _too_slow(self, message: str) -> BodyTimeout:
         self.metrics.http_rejected.labels("body_timeout").inc()
         return BodyTimeout(message)
+
+
+def _chunked(scope: Scope) -> bool:
+    return any(name == b"transfer-encoding" for name, _ in scope["headers"])
 
 
 def _content_length(scope: Scope) -> int:

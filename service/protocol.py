@@ -77,7 +77,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             # Either a callback below refused the request (and answered), or the bytes are not HTTP.
             self._refuse(400, "invalid_http", "the request is not valid HTTP/1.1", "invalid_http")
             return
-        # Counted per received chunk, so httptools never buffers much more than the limit.
+        # A head still incomplete after this chunk: counted per chunk, so httptools never buffers
+        # much more than the limit.
         if self._in_head and self._head_bytes > self.limits.max_header_bytes:
             self._refuse_head_too_large()
 
@@ -105,7 +106,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._stop_head_timer()
-        if self._head_bytes > self.limits.max_header_bytes:
+        # A head that arrived whole in one chunk (with its body, maybe): measured from what was parsed.
+        head_bytes = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
+        if head_bytes > self.limits.max_header_bytes:
             self._refuse_head_too_large()
             raise _Refused
         if self._over_capacity:

@@ -81,3 +81,34 @@ def wait_until(condition: Callable[[], bool], timeout_s: float = 20.0, interval_
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout_s} s")
         time.sleep(interval_s)
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
+
+
+def png16(pixels: np.ndarray) -> bytes:
+    """A 16-bit PNG written by hand (Pillow cannot write 16-bit RGB): (H, W) gray or (H, W, 3) RGB."""
+    colour_type = 0 if pixels.ndim == 2 else 2
+    height, width = pixels.shape[:2]
+    header = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([16, colour_type, 0, 0, 0])
+    rows = pixels.astype(">u2").reshape(height, -1)
+    raw = b"".join(b"\x00" + row.tobytes() for row in rows)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", header)
+        + _png_chunk(b"IDAT", zlib.compress(raw))
+        + _png_chunk(b"IEND", b"")
+    )
+
+
+def tiff_exif(*entries: tuple[int, int, int, bytes]) -> bytes:
+    """A little-endian TIFF EXIF block from raw IFD entries (tag, type, count, 4 value bytes), so that
+    a test can write the malformed tags a real camera or editor sometimes does."""
+    ifd = len(entries).to_bytes(2, "little")
+    for tag, kind, count, value in entries:
+        ifd += tag.to_bytes(2, "little") + kind.to_bytes(2, "little") + count.to_bytes(4, "little") + value
+    return b"II*\x00" + (8).to_bytes(4, "little") + ifd + b"\x00\x00\x00\x00"
+
+
+ORIENTATION_6 = (0x0112, 3, 1, (6).to_bytes(2, "little") + b"\x00\x00")  # rotate 90 degrees clockwise

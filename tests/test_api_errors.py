@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,37 @@ JPEG = image_bytes(np.zeros((28, 28), np.uint8), "JPEG")
 
 @pytest.fixture(scope="module")
 def limited(tiny_store: Path) -> Iterator[TestClient]:
-    yield from make_client(tiny_store, max_body_bytes=200_000, max_instances=8, max_image_pixels=1_000_000)
+    yield from make_client(
+        tiny_store,
+        max_body_bytes=200_000,
+        max_instances=8,
+        max_image_pixels=1_000_000,
+        max_request_pixels=1_500_000,
+    )
+
+
+def npy_header(header: dict[str, Any]) -> bytes:
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, header)
+    return buffer.getvalue()
+
+
+def npz() -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, pixels=np.zeros((1, 784), np.uint8))
+    return buffer.getvalue()
+
+
+def npy_of_objects() -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, np.array([None] * 784, dtype=object).reshape(1, 784), allow_pickle=True)
+    return buffer.getvalue()
+
+
+NPY = {"content-type": "application/x-npy"}
+MALFORMED_NPY_HEADER = (
+    b"\x93NUMPY\x01\x00" + (40).to_bytes(2, "little") + b"{'descr': '<f8', 'shape': (\n".ljust(40)
+)
 
 
 def nested(value: Any) -> list[list[Any]]:
@@ -168,6 +199,36 @@ CASES: list[tuple[str, dict[str, Any], int, str]] = [
         400,
         "invalid_npy",
     ),
+    # The review's 500s (finding 6) and lenient numbers (finding 16):
+    ("npz sent as npy", {"content": npz(), "headers": NPY}, 400, "invalid_npy"),
+    (
+        "npy declaring 10**12 values",
+        {"content": npy_header({"descr": "|u1", "fortran_order": False, "shape": (10**12,)}), "headers": NPY},
+        400,
+        "invalid_npy",
+    ),
+    ("npy with a malformed header", {"content": MALFORMED_NPY_HEADER, "headers": NPY}, 400, "invalid_npy"),
+    ("npy of objects (a pickle)", {"content": npy_of_objects(), "headers": NPY}, 422, "invalid_pixels"),
+    (
+        "multipart boundary over 256 bytes",
+        {"content": b"x", "headers": {"content-type": "multipart/form-data; boundary=" + "b" * 300}},
+        400,
+        "invalid_multipart",
+    ),
+    ("a boolean among numbers", {"json": {"instances": [[0] * 783 + [True]]}}, 422, "invalid_pixels"),
+    ("just above 255", {"json": {"instances": [[0] * 783 + [255.00000001]]}}, 422, "invalid_pixels"),
+    (
+        "objects that expand in memory",
+        {"json": {"instances": [[0] * 784], "junk": [{}] * 1000}},
+        422,
+        "too_many_instances",
+    ),
+    (
+        "images too large together",
+        {"files": [("f", (f"{i}.png", png_declaring(800, 800), "image/png")) for i in range(3)]},
+        413,
+        "image_too_large",
+    ),
     (
         "npy of the wrong shape",
         {"content": b"", "npy": np.zeros((2, 10)), "headers": {"content-type": "application/x-npy"}},
@@ -185,8 +246,6 @@ def test_bad_predict_input_gets_a_clear_error(
 ) -> None:
     kwargs = dict(request_kwargs)
     if "npy" in kwargs:
-        import io
-
         buffer = io.BytesIO()
         np.save(buffer, kwargs.pop("npy"))
         kwargs["content"] = buffer.getvalue()
@@ -199,7 +258,16 @@ def test_bad_predict_input_gets_a_clear_error(
 
 
 def test_bad_query_parameters_are_422(limited: TestClient) -> None:
-    for query in ("invert=sideways", "top_k=0", "top_k=x"):
+    # "²", Arabic-Indic and full-width digits pass str.isdigit() (a 500 before); 5000 digits overflow int().
+    for query in (
+        "invert=sideways",
+        "top_k=0",
+        "top_k=x",
+        "top_k=\u00b2",
+        "top_k=\u0663",  # Arabic-Indic 3
+        "top_k=\uff13",  # full-width 3
+        "top_k=" + "9" * 5000,
+    ):
         response = limited.post(f"/predict?{query}", json=GOOD)
         assert (response.status_code, response.json()["error"]["code"]) == (422, "invalid_request")
 

@@ -72,6 +72,11 @@ def test_evaluate_on_the_named_test_set(tiny_store: Path, synthetic_data_dir: Pa
         ({"labels": [1]}, 422, "missing_instances"),
         ({"dataset": "train"}, 422, "invalid_dataset"),
         ({"dataset": "test", "limit": -1}, 422, "invalid_request"),
+        # The review's 500s (finding 6): a broken JSON label list, a digit int() refuses, too many digits.
+        ({"instances": [[0] * 784], "labels": "[1,"}, 422, "invalid_labels"),
+        ({"instances": [[0] * 784], "labels": "\u00b2"}, 422, "invalid_labels"),
+        ({"instances": [[0] * 784], "labels": ["9" * 5000]}, 422, "invalid_labels"),
+        ({"dataset": "test", "junk": [1]}, 422, "unknown_field"),
     ],
 )
 def test_bad_evaluate_input_gets_a_clear_error(
@@ -178,3 +183,49 @@ def test_access_logs_never_contain_payloads(client: TestClient, caplog: pytest.L
     record = next(r for r in caplog.records if getattr(r, "request_id", None) == "trace-1")
     assert (record.path, record.status) == ("/predict", 200)  # type: ignore[attr-defined]
     assert "123.456" not in caplog.text
+
+
+def test_the_test_set_is_read_once_and_shared(
+    tiny_store: Path, synthetic_data_dir: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    data = Path(shutil.copytree(synthetic_data_dir, tmp_path / "data"))
+    for client in make_client(tiny_store, fashion_mnist_dir=data):
+        assert client.post("/evaluate", json={"dataset": "test"}).json()["count"] == 200
+        shutil.rmtree(data)  # later evaluations use what was read, not the files
+        assert client.post("/evaluate", json={"dataset": "test", "limit": 10}).json()["count"] == 10
+
+
+def test_an_unreadable_test_set_names_no_server_path(tiny_store: Path, tmp_path: Path) -> None:
+    from tests.helpers import write_fashion_mnist
+
+    data = write_fashion_mnist(tmp_path / "data")
+    (data / "t10k-images-idx3-ubyte.gz").write_bytes(b"not gzip")
+    for client in make_client(tiny_store, fashion_mnist_dir=data):
+        response = client.post("/evaluate", json={"dataset": "test"})
+        assert (response.status_code, response.json()["error"]["code"]) == (500, "dataset_error")
+        assert str(tmp_path) not in response.text
+
+
+def test_model_metadata_shows_no_server_paths_or_library_versions(client: TestClient) -> None:
+    body = client.get("/model").json()
+    assert "framework" not in body and "dataset_source" not in body["training"]
+    assert "/" not in str(body["training"])
+
+
+@pytest.mark.parametrize("path", ["/health", "/health/ready", "/model", "/metrics"])
+def test_health_checkers_may_use_head(client: TestClient, path: str) -> None:
+    response = client.head(path)
+    assert response.status_code == 200 and response.content == b""
+
+
+def test_json_logs_survive_values_orjson_cannot_encode() -> None:
+    import json
+    import logging
+
+    from service.logs import JsonFormatter
+
+    record = logging.makeLogRecord({"msg": "big", "levelname": "ERROR", "version": 2**64 + 1})
+    line = json.loads(JsonFormatter().format(record))
+    assert (line["message"], line["version"]) == ("big", str(2**64 + 1))

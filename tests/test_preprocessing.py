@@ -10,11 +10,12 @@ from core.preprocessing import (
     ImageFormatMismatch,
     ImageTooLarge,
     InvalidImage,
+    InvalidInput,
     InvalidPixels,
     as_batch,
     decode_image,
 )
-from tests.helpers import image_bytes, png_declaring
+from tests.helpers import ORIENTATION_6, image_bytes, png16, png_declaring, tiff_exif
 
 
 def garment(height: int = 28, width: int = 28) -> np.ndarray:
@@ -173,3 +174,90 @@ def test_any_size_mode_and_format_becomes_28x28_in_range(
         return  # this mode cannot be saved in this format at all
     decoded = decode_image(buffer.getvalue())
     assert decoded.shape == (28, 28) and decoded.min() >= 0 and decoded.max() <= 255
+
+
+# ---- 16-bit images, EXIF orientation and decode bounds (hardening review findings 5 and 6) ----
+
+
+def test_16_bit_grayscale_is_scaled_not_clipped() -> None:
+    pixels = (garment().astype(np.uint16) * 257)[:, :]  # 220 -> 56540 of 65535
+    pixels[0, 0] = 65535
+    decoded = decode_image(png16(pixels), invert="false")
+    assert decoded[14, 14] == 220 and decoded[0, 0] == 255  # Pillow's own conversion gives 255 for both
+
+
+def test_16_bit_rgb_is_scaled_not_clipped() -> None:
+    rgb = np.repeat((garment().astype(np.uint16) * 257)[:, :, None], 3, axis=2)
+    decoded = decode_image(png16(rgb), invert="false")
+    assert decoded[14, 14] == 220 and decoded[0, 0] == 0
+
+
+def test_16_bit_dark_on_light_is_inverted_like_8_bit() -> None:
+    light = (255 - garment()).astype(np.uint16) * 257
+    assert np.array_equal(decode_image(png16(light)), decode_image(image_bytes(255 - garment())))
+
+
+def upright_strip() -> np.ndarray:
+    """10 wide, 20 tall, bright at the top: rotated 90 degrees clockwise, the bright part is on the right."""
+    pixels = np.zeros((20, 10), np.uint8)
+    pixels[:5] = 255
+    return pixels
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
+def test_exif_orientation_is_applied(fmt: str) -> None:
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    decoded = decode_image(image_bytes(upright_strip(), fmt, exif=exif), invert="false")
+    assert decoded[14, 20:].mean() > 150 and decoded[14, :8].mean() < 50
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
+def test_a_mistyped_exif_tag_does_not_fail_the_image(fmt: str) -> None:
+    # XResolution written as text: ImageOps.exif_transpose raises TypeError re-encoding it (a 500 before).
+    exif = tiff_exif(ORIENTATION_6, (0x011A, 2, 4, b"abc\x00"))
+    data = image_bytes(upright_strip(), fmt, exif=b"Exif\x00\x00" + exif if fmt == "JPEG" else exif)
+    decoded = decode_image(data, invert="false")
+    assert decoded[14, 20:].mean() > 150  # and the orientation still counts
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
+def test_unreadable_exif_means_no_orientation(fmt: str) -> None:
+    data = image_bytes(upright_strip(), fmt, exif=b"not a TIFF block at all")
+    decoded = decode_image(data, invert="false")
+    assert decoded[:8, 14].mean() > 150  # as stored: bright at the top
+
+
+def test_images_with_an_absurd_side_are_refused_from_the_header() -> None:
+    # 1 x 25,000,000 is within the pixel limit, but Pillow would spend 200 MB and seconds on its rows.
+    with pytest.raises(ImageTooLarge, match="no side may exceed"):
+        decode_image(png_declaring(1, 25_000_000))
+
+
+def test_pixel_values_are_range_checked_before_the_cast_to_float32() -> None:
+    with pytest.raises(InvalidPixels, match="within 0-255"):
+        as_batch(np.full((1, 784), 255.00000001))  # float32(255.00000001) == 255.0
+    assert as_batch(np.full((1, 784), 255.0)).max() == 255
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(["JPEG", "PNG", "WEBP"]), st.data())
+def test_mutated_images_with_exif_decode_or_raise_a_client_error(fmt: str, data: st.DataObject) -> None:
+    """Fuzzing real images that carry EXIF (the blocks a mutation must hit to find the EXIF cases)."""
+    exif = tiff_exif(ORIENTATION_6, (0x011A, 5, 1, (26).to_bytes(4, "little")), (0x0131, 2, 4, b"cam\x00"))
+    original = bytearray(
+        image_bytes(upright_strip(), fmt, exif=b"Exif\x00\x00" + exif if fmt == "JPEG" else exif)
+    )
+    start = original.find(b"II*\x00")
+    for _ in range(data.draw(st.integers(1, 8))):
+        # Most mutations land in the EXIF block (offsets, types, counts), the rest anywhere.
+        low = start if data.draw(st.booleans()) else 0
+        position = data.draw(st.integers(low, min(len(original) - 1, low + 80)))
+        original[position] = data.draw(st.integers(0, 255))
+    try:
+        image = decode_image(bytes(original))
+    except InvalidInput:
+        return
+    assert image.shape == (28, 28)

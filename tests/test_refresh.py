@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -110,3 +111,58 @@ def test_admin_reload_swaps_at_once_and_versions_lists_the_store(store_copy: Pat
         assert (listing["current"], listing["served"]) == (2, 2)
         assert [(v["version"], v["served"]) for v in listing["versions"]] == [(1, False), (2, True)]
         assert listing["versions"][0]["validation_accuracy"] > 0.9
+
+
+# ---- hardening review findings 11, 14 and 15 ----
+
+
+def retries(client: TestClient) -> float:
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith("model_reload_retries_total "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def test_a_failed_version_is_tried_again_when_its_files_change(live: TestClient, store_copy: Path) -> None:
+    store = ModelStore(store_copy, "fashion-mnist")
+    version = republish(store_copy, corrupt="probe.npz")
+    failures = reloads(live, "failure")
+    store.promote(version)
+    wait_until(lambda: reloads(live, "failure") > failures, timeout_s=10)
+    # The operator repairs the file in place: no reload needed, the change is noticed.
+    shutil.copy(store.version_dir(1) / "probe.npz", store.version_dir(version) / "probe.npz")
+    wait_until(lambda: served(live) == version, timeout_s=10)
+
+
+def test_an_unchanged_failed_version_is_retried_with_backoff(live: TestClient, store_copy: Path) -> None:
+    # A failure that may be transient (here: permanent, other classes) is retried after RETRY_POLLS
+    # poll intervals, then twice as long each time; the old version serves all along.
+    store = ModelStore(store_copy, "fashion-mnist")
+    store.promote(republish(store_copy, class_names=[f"c{i}" for i in range(10)]))
+    wait_until(lambda: retries(live) >= 2, timeout_s=10)
+    assert served(live) == 1 and reloads(live, "failure") >= 3
+
+
+def test_a_version_number_beyond_64_bits_is_refused_and_logged(
+    live: TestClient, store_copy: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from service.logs import JsonFormatter
+
+    failures = reloads(live, "failure")
+    (store_copy / "fashion-mnist" / "current.json").write_text(
+        f'{{"version": {2**64 + 1}, "promoted_at": "2026-01-01T00:00:00Z"}}'
+    )
+    wait_until(lambda: reloads(live, "failure") > failures, timeout_s=10)
+    assert served(live) == 1
+    records = [r for r in caplog.records if r.getMessage() == "version not served"]
+    assert records and all(json.loads(JsonFormatter().format(r))["level"] == "error" for r in records)
+
+
+def test_model_reports_the_folder_it_serves(live: TestClient, store_copy: Path) -> None:
+    store = ModelStore(store_copy, "fashion-mnist")
+    version = republish(store_copy)
+    path = store.version_dir(version) / METADATA_FILE
+    path.write_text(path.read_text().replace(f'"version": {version}', '"version": 7'))  # a hand-edited file
+    store.promote(version)
+    wait_until(lambda: served(live) == version, timeout_s=10)
+    assert live.get("/model").json()["version"] == version

@@ -38,3 +38,11 @@ def test_invalid_settings_stop_start_up_naming_variable_and_value(
     with pytest.raises(SystemExit) as stopped:
         load_settings()
     assert f"{variable}='{value}'" in str(stopped.value)
+
+
+@pytest.mark.parametrize("value", ["", "   "])
+def test_an_empty_api_key_stops_start_up(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    # API_KEY=${API_KEY} in a compose file with the variable unset: it would accept an empty key.
+    monkeypatch.setenv("API_KEY", value)
+    with pytest.raises(SystemExit, match=r"API_KEY=.*must not be empty"):
+        load_settings()

@@ -125,3 +125,40 @@ def test_concurrent_publishers_get_distinct_versions(tmp_path: Path) -> None:
     numbers = sorted(n for result in results for n in result)
     assert numbers == list(range(1, 21))
     assert ModelStore(tmp_path, "clf").versions() == list(range(1, 21))
+
+
+def test_only_plain_version_numbers_are_versions(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path, "clf")
+    publish(store)
+    for name in ("0", "01", "1000000000", "99999999999999999999", "\u00b2", "\u0663"):
+        (store.directory / name).mkdir()
+    assert store.versions() == [1]
+    with pytest.raises(VersionNotFound):
+        store.version_dir(2**64)
+
+
+@pytest.mark.parametrize("version", [0, -1, 2**63, 2**64 + 1])
+def test_a_current_pointer_outside_the_version_range_is_a_store_error(tmp_path: Path, version: int) -> None:
+    store = ModelStore(tmp_path, "clf")
+    publish(store)
+    (store.directory / "current.json").write_text(
+        json.dumps({"version": version, "promoted_at": "2026-01-01T00:00:00Z"})
+    )
+    with pytest.raises(StoreError, match="unreadable current pointer"):
+        store.current_version()
+
+
+def test_store_files_that_are_not_regular_or_too_large_are_refused_at_once(tmp_path: Path) -> None:
+    import os
+
+    store = ModelStore(tmp_path, "clf")
+    store.promote(publish(store))
+    pointer = store.directory / "current.json"
+    pointer.unlink()
+    os.mkfifo(pointer)  # a plain open() would wait for a writer forever
+    with pytest.raises(StoreError, match="not a regular file"):
+        store.current_version()
+    pointer.unlink()
+    pointer.write_text(" " * 100_000 + '{"version": 1, "promoted_at": "2026-01-01T00:00:00Z"}')
+    with pytest.raises(StoreError, match="more than 65536"):
+        store.current_version()
