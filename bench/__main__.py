@@ -67,6 +67,19 @@ def servers(version_dir: Path) -> list[ServerSpec]:
             ("json1", "png1", "json256", "bin4096"),
             (("MODEL_STORE", str(STORE)), ("LOG_LEVEL", "warning")),
         ),
+        # The same service behind uvicorn's stock protocols: what the head and connection guards cost.
+        ServerSpec(
+            "svc_httptools",
+            "bench.servers.service_stock_http",
+            ("json1",),
+            (("MODEL_STORE", str(STORE)), ("LOG_LEVEL", "warning"), ("HTTP_IMPL", "httptools")),
+        ),
+        ServerSpec(
+            "svc_h11",
+            "bench.servers.service_stock_http",
+            ("json1",),
+            (("MODEL_STORE", str(STORE)), ("LOG_LEVEL", "warning"), ("HTTP_IMPL", "h11")),
+        ),
         ServerSpec("fast_echo", "bench.servers.fast_echo", ("json1",)),
         ServerSpec("pydantic_echo", "bench.servers.pydantic_echo", ("json1",)),
         ServerSpec(
@@ -145,6 +158,12 @@ def ratios(results: list[Result]) -> dict[str, float]:
     )
     put("json1@64 service / litserve (target >= 2)", ("service", "json1", 64), ("litserve", "json1", 64))
     put("json1@64 service / naive", ("service", "json1", 64), ("naive", "json1", 64))
+    put(
+        "json1@64 service (guarded) / svc_httptools (stock)",
+        ("service", "json1", 64),
+        ("svc_httptools", "json1", 64),
+    )
+    put("json1@64 svc_h11 / service (guarded)", ("svc_h11", "json1", 64), ("service", "json1", 64))
     put(
         "png1@64 service / fast_echo json1 (target >= 0.6)",
         ("service", "png1", 64),

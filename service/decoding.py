@@ -176,7 +176,8 @@ def _check_media_type(media_type: str) -> None:
 def decode_json(
     body: bytes, max_instances: int, allowed_fields: frozenset[str] = frozenset()
 ) -> tuple[np.ndarray, dict[str, Any]]:
-    _check_json_structure(body, max_instances)
+    if len(body) > INLINE_BODY_BYTES:  # a small body cannot expand to much
+        _check_json_structure(body, max_instances)
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError as exc:

@@ -11,7 +11,7 @@ from core.engines import KerasEngine, load_engine
 from core.evaluation import evaluate_probabilities
 from core.store import MODEL_FILE, ModelStore
 from tests.conftest import BUNDLED_STORE
-from tests.helpers import image_bytes
+from tests.helpers import image_bytes, png16
 
 pytestmark = pytest.mark.dataset
 
@@ -76,3 +76,33 @@ def test_the_keras_engine_serves_the_bundled_model_identically(real_dataset: Dat
     fast = load_engine(store.version_dir(version)).predict(batch)
     reference = KerasEngine(store.version_dir(version) / MODEL_FILE).predict(batch)
     assert np.abs(fast - reference).max() <= 1e-5
+
+
+@pytest.mark.parametrize("dark_on_light", [False, True], ids=["as-in-the-dataset", "dark-on-light"])
+def test_16_bit_pngs_score_like_the_same_pixels(
+    bundled_client: TestClient, real_dataset: Dataset, dark_on_light: bool
+) -> None:
+    # The hardening review: 16-bit PNGs of the first 500 test images scored 0.772 (0.098 dark-on-light)
+    # for 0.908 as pixels, because Pillow's conversion clipped every value above 255.
+    assert real_dataset.test is not None
+    images, labels = real_dataset.test.images[:500], real_dataset.test.labels[:500]
+    wide = images.astype(np.uint16) * 257
+    sent = 65535 - wide if dark_on_light else wide
+    pixels_accuracy = np.mean(
+        [
+            p["class_id"]
+            for p in bundled_client.post("/predict", json={"instances": images.tolist()}).json()[
+                "predictions"
+            ]
+        ]
+        == labels
+    )
+    correct = 0
+    for start in range(0, 500, 100):
+        files = [
+            ("files", (f"{i}.png", png16(image), "image/png"))
+            for i, image in enumerate(sent[start : start + 100])
+        ]
+        predictions = bundled_client.post("/predict", files=files).json()["predictions"]
+        correct += int(np.sum(np.array([p["class_id"] for p in predictions]) == labels[start : start + 100]))
+    assert correct / 500 == pytest.approx(pixels_accuracy, abs=0.005)
