@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PORT ?= 8000
 
-.PHONY: install install-dev run test test-fast lint format bench docker-test clean
+.PHONY: install install-dev run test test-fast lint format bench attacks docker-test clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,9 @@ format: install-dev
 
 bench: install-dev
 	$(BIN)/python -m bench
+
+attacks: install-dev
+	$(BIN)/python -m bench.attacks
 
 docker-test: install-dev
 	bash tests/container/run.sh

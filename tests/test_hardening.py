@@ -21,7 +21,16 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bench.attacks import connect, multipart, png, read_status, rle8_bmp, running_service, send_quietly
+from bench.attacks import (
+    connect,
+    multipart,
+    png,
+    read_status,
+    rle8_bmp,
+    rss_mb,
+    running_service,
+    send_quietly,
+)
 from tests.conftest import REPO
 from tests.helpers import wait_until
 
@@ -187,6 +196,24 @@ def test_chunked_bodies_count_against_the_in_flight_budget(server: Server) -> No
             sock.close()
 
 
+def test_many_unfinished_chunked_bodies_hold_no_more_than_the_budget(server: Server) -> None:
+    # Sixteen connections offer 2 MiB each (32 MiB) and never finish: the server holds at most its
+    # 4 MiB budget of them (before: all 32 MiB, and 1.6 GB for 100 connections of 15 MiB).
+    rss_before = rss_mb(server.process.pid)
+    chunk = b"%x\r\n" % MiB + bytes(MiB) + b"\r\n"
+    head = server.request_head("/predict", "application/octet-stream", "Transfer-Encoding: chunked\r\n")
+    sockets = [connect(server.port) for _ in range(16)]
+    try:
+        for sock in sockets:
+            send_quietly(sock, head + chunk + chunk)
+        statuses = [read_status(sock, 0.3) for sock in sockets]
+        assert statuses.count("503") >= 14
+        assert rss_mb(server.process.pid) - rss_before < 24
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
 # ---- 4. request heads are bounded in size, fields and time; connections in number ----
 
 
@@ -224,6 +251,13 @@ def test_a_slow_head_gets_408_and_an_idle_connection_is_closed(server: Server) -
         assert status == "408"
         assert read_status(idle, 5) == "closed"  # nothing was asked: closed without an answer
         assert time.monotonic() - started < 4  # HEADER_TIMEOUT_S is 1 s, not forever
+
+
+def test_an_idle_kept_alive_connection_is_closed(server: Server) -> None:
+    with connect(server.port) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_status(sock, 5) == "200"
+        assert read_status(sock, 5) == "closed"  # KEEPALIVE_TIMEOUT_S is 1 s
 
 
 def test_connections_beyond_the_limit_get_503(server: Server) -> None:
