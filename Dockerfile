@@ -29,7 +29,8 @@ WORKDIR /app
 EXPOSE 8000
 HEALTHCHECK --interval=5s --timeout=3s --start-period=10s --retries=3 \
     CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/health/ready', timeout=2).status != 200)"]
-# uvicorn stops accepting on SIGTERM and lets in-flight requests finish (up to 30 s) before exiting.
+# On SIGTERM the service stops accepting and gives in-flight requests GRACEFUL_TIMEOUT_S (8 s, inside
+# `docker stop`'s 10 s); those still running then get a JSON 503.
 STOPSIGNAL SIGTERM
 USER app
 CMD ["python", "-m", "service"]

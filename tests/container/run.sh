@@ -36,6 +36,7 @@ pick_base() {
   if ! docker image inspect "$base" >/dev/null 2>&1; then
     command -v debootstrap >/dev/null || apt-get install -y -qq debootstrap >/dev/null
     local rootfs; rootfs=$(mktemp -d)
+    chmod 755 "$rootfs"  # it becomes the image's /: mktemp's 0700 would lock the non-root user out of everything
     log "building stand-in base image $base with debootstrap" >&2
     debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates bookworm "$rootfs" >/dev/null
     cp /etc/ssl/certs/ca-certificates.crt "$rootfs/etc/ssl/certs/ca-certificates.crt"
