@@ -28,6 +28,11 @@ class Metrics:
             registry=r,
         )
         self.in_flight = Gauge("http_requests_in_flight", "HTTP requests being handled.", registry=r)
+        self.body_bytes = Gauge(
+            "http_request_body_bytes_held",
+            "Request body bytes held in memory (MAX_INFLIGHT_BODY_BYTES).",
+            registry=r,
+        )
         self.inference_latency = Histogram(
             "model_inference_duration_seconds",
             "Engine call latency per batch.",

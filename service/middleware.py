@@ -123,7 +123,9 @@ class BodyGuardMiddleware:
             return
         declared = _content_length(scope)
         if declared and self.in_use and self.in_use + declared > self.budget_bytes:
-            await self._overloaded().response()(scope, receive, send)
+            refusal = self._overloaded()
+            refusal.headers["Connection"] = "close"  # the body is never read
+            await refusal.response()(scope, receive, send)
             return
         held = 0
         complete = False
@@ -142,6 +144,7 @@ class BodyGuardMiddleware:
                 raise self._overloaded()
             held += size
             self.in_use += size
+            self.metrics.body_bytes.inc(size)
             elapsed = time.monotonic() - started
             if not complete and self.min_rate and held < self.min_rate * (elapsed - self.timeout_s):
                 raise self._too_slow(f"the body arrives slower than {self.min_rate} bytes/s")
@@ -160,6 +163,7 @@ class BodyGuardMiddleware:
             await self.app(scope, counted_receive, closing_send)
         finally:
             self.in_use -= held
+            self.metrics.body_bytes.dec(held)
 
     async def _watched(self, receive: Receive) -> Message:
         """receive(), abandoned with 408 when it waits longer than timeout_s (see _sweep)."""

@@ -196,6 +196,19 @@ def test_chunked_bodies_count_against_the_in_flight_budget(server: Server) -> No
             sock.close()
 
 
+def test_a_declared_body_that_cannot_fit_is_refused_before_it_is_read(server: Server) -> None:
+    head = server.request_head("/predict", "application/octet-stream", f"Content-Length: {4 * MiB}\r\n")
+    with connect(server.port) as holding, connect(server.port) as late:
+        holding.sendall(head + bytes(3 * MiB))  # 3 MiB of the 4 MiB budget, held while the rest is awaited
+        wait_until(lambda: server.metric("http_request_body_bytes_held") == 3 * MiB)
+        late.sendall(
+            server.request_head("/predict", "application/octet-stream", f"Content-Length: {2 * MiB}\r\n")
+        )
+        late.settimeout(5)
+        answer = late.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 503") and b"connection: close" in answer.lower()
+
+
 def test_many_unfinished_chunked_bodies_hold_no_more_than_the_budget(server: Server) -> None:
     # Sixteen connections offer 2 MiB each (32 MiB) and never finish: the server holds at most its
     # 4 MiB budget of them (before: all 32 MiB, and 1.6 GB for 100 connections of 15 MiB).
