@@ -71,6 +71,7 @@ INLINE_IMAGE_PIXELS = 64 * PIXELS_PER_IMAGE
 # JSON members, objects and strings a request may have beyond what its images and labels need.
 JSON_SLACK = 64
 NPY_MAX_HEADER_BYTES = 10_000
+DECODE_TIMEOUT = "decoding the request took longer than the request timeout"
 
 T = TypeVar("T")
 
@@ -105,7 +106,7 @@ class DecodePool:
             async with asyncio.timeout_at(deadline):
                 return await future
         except TimeoutError:
-            raise Timeout("decoding the request took longer than the request timeout") from None
+            raise Timeout(DECODE_TIMEOUT) from None
         finally:
             cancelled.set()  # a no-op once work has finished; otherwise it stops at the next image
 
@@ -155,8 +156,15 @@ async def decode_request(
             return decode_json(body, limits.max_instances, json_fields)
         return decode_binary(body, media_type, limits.max_bulk_instances), {}
 
-    images, fields = decode() if len(body) <= INLINE_BODY_BYTES else await pool.run(decode, deadline)
+    images, fields = await _inline_or_pooled(decode, len(body) <= INLINE_BODY_BYTES, pool, deadline)
     return Decoded(images, fields, deadline)
+
+
+async def _inline_or_pooled(
+    work: Callable[[threading.Event | None], T], cheap: bool, pool: DecodePool, deadline: float
+) -> T:
+    """Cheap work runs in place (a thread hop would cost more); the rest in the decode pool."""
+    return work(None) if cheap else await pool.run(work, deadline)
 
 
 def _check_media_type(media_type: str) -> None:
@@ -341,19 +349,19 @@ async def _decode_uploads(
     pool: DecodePool,
     deadline: float,
 ) -> tuple[np.ndarray, dict[str, Any]]:
-    def open_all() -> tuple[list[_Upload], dict[str, Any]]:
-        return open_uploads(body, content_type, media_type, limits)
-
-    def convert(uploads: list[_Upload], cancelled: threading.Event | None) -> np.ndarray:
-        return convert_uploads(uploads, invert, cancelled)
-
-    if len(body) > INLINE_BODY_BYTES:
-        uploads, fields = await pool.run(lambda _: open_all(), deadline)
-    else:
-        uploads, fields = open_all()
-    if sum(pixel_count(upload.image) for upload in uploads) <= INLINE_IMAGE_PIXELS:
-        return convert(uploads, None), fields
-    return await pool.run(lambda cancelled: convert(uploads, cancelled), deadline), fields
+    uploads, fields = await _inline_or_pooled(
+        lambda _: open_uploads(body, content_type, media_type, limits),
+        len(body) <= INLINE_BODY_BYTES,
+        pool,
+        deadline,
+    )
+    images = await _inline_or_pooled(
+        lambda cancelled: convert_uploads(uploads, invert, cancelled),
+        sum(pixel_count(upload.image) for upload in uploads) <= INLINE_IMAGE_PIXELS,
+        pool,
+        deadline,
+    )
+    return images, fields
 
 
 def open_uploads(
@@ -391,16 +399,14 @@ def convert_uploads(
     uploads: list[_Upload], invert: InvertMode, cancelled: threading.Event | None
 ) -> np.ndarray:
     images = []
-    try:
-        for upload in uploads:
-            if cancelled is not None and cancelled.is_set():
-                raise Timeout("decoding the request took longer than the request timeout")
+    for upload in uploads:
+        if cancelled is not None and cancelled.is_set():
+            raise Timeout(DECODE_TIMEOUT)
+        try:
             with _named(upload.name):
                 images.append(image_to_input(upload.image, invert))
+        finally:
             upload.image.close()  # frees the decoded pixels now rather than when the request ends
-    finally:
-        for upload in uploads:
-            upload.image.close()
     return np.stack(images)
 
 

@@ -122,11 +122,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     # ---- head state ----
 
-    def _start_head(self) -> None:
+    def _start_head(self, *, deadline: bool = True) -> None:
         self._in_head = True
         self._head_bytes = 0
         self._header_count = 0
-        if self._head_deadline is None:
+        if deadline and self._head_deadline is None:
             self._head_deadline = self.loop.time() + self.limits.header_timeout_s
 
     def on_response_complete(self) -> None:
@@ -135,7 +135,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if not waiting:
             # The next request's head: its clock starts at its first byte (on_message_begin); until
             # then uvicorn's keep-alive timeout closes the idle connection.
-            self._in_head, self._head_bytes, self._header_count = True, 0, 0
+            self._start_head(deadline=False)
 
     def _head_timed_out(self) -> None:
         self._head_deadline = None
