@@ -46,7 +46,7 @@ def tiny_store(tmp_path_factory: pytest.TempPathFactory, synthetic_data_dir: Pat
     root = tmp_path_factory.mktemp("store")
     config = TrainConfig(
         hidden_units=(32,),
-        epochs=6,
+        epochs=15,
         batch_size=32,
         learning_rate=3e-3,
         validation_size=100,

@@ -18,6 +18,7 @@ from core.datasets import (
     load_image_folder,
     read_idx,
 )
+from core.preprocessing import decode_image
 from tests.helpers import idx_bytes, image_bytes, write_fashion_mnist, write_idx
 
 
@@ -100,7 +101,9 @@ def test_image_folder_uses_the_service_preprocessing(tmp_path: Path) -> None:
     assert dataset.class_names == ["bag", "shirt"]
     assert dataset.train.images.shape == (4, 28, 28)
     assert list(dataset.train.labels) == [0, 0, 1, 1]
-    assert dataset.train.images[1].mean() < 100  # the light background became dark
+    photo = dataset.train.images[1]
+    assert np.array_equal(photo, decode_image(image_bytes(255 - shirt, "JPEG")).astype(photo.dtype))
+    assert photo[0, 0] == 0 and photo[14, 14] > 150  # trimmed to the shirt, inverted, background 0
 
 
 def test_image_folder_reports_a_broken_file(tmp_path: Path) -> None:

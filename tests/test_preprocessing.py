@@ -43,7 +43,7 @@ def test_every_supported_format_decodes(fmt: str) -> None:
 def test_a_dark_on_light_photo_is_inverted_automatically() -> None:
     photo = 255 - garment(300, 200)  # dark garment on a white background, portrait
     decoded = decode_image(image_bytes(photo, "JPEG", mode="RGB", quality=95))
-    assert decoded[0, 14] < 30  # the background is dark, as in training data
+    assert decoded[0, 0] == 0  # the background is black, as in training data
     assert decoded[14, 14] > 180  # the garment is light
 
 
@@ -54,19 +54,20 @@ def test_invert_can_be_forced_either_way() -> None:
     assert decode_image(image_bytes(255 - garment()), invert="false")[0, 0] > 200
 
 
-def test_the_longest_side_fits_and_the_image_is_centred() -> None:
-    wide = np.full((50, 200), 200, np.uint8)  # 4:1, light: fills the width, 7 rows tall, centred
-    decoded = decode_image(image_bytes(wide), invert="false")
+def test_the_item_is_trimmed_its_longest_side_fitted_and_centred() -> None:
+    canvas = np.zeros((160, 400), np.uint8)
+    canvas[10:60, 150:350] = 200  # a 4:1 item off-centre on a large dark canvas
+    decoded = decode_image(image_bytes(canvas))
     rows = np.nonzero(decoded.mean(axis=1) > 100)[0]
-    assert decoded[14].min() > 150
-    assert 5 <= len(rows) <= 9 and abs(rows.mean() - 13.5) < 1
+    assert decoded[14].min() > 150  # it fills the width once its margins are trimmed
+    assert 6 <= len(rows) <= 8 and abs(rows.mean() - 13.5) <= 1  # 7 rows tall, centred
 
 
 def test_transparent_areas_count_as_background() -> None:
     rgba = np.zeros((40, 40, 4), np.uint8)
-    rgba[10:30, 10:30] = (30, 30, 30, 255)  # an opaque dark garment, the rest transparent
+    rgba[5:35, 15:25] = (30, 30, 30, 255)  # an opaque dark garment, the rest transparent
     decoded = decode_image(image_bytes(rgba, mode="RGBA"))
-    assert decoded[0, 0] < 30 and decoded[14, 14] > 200
+    assert decoded[0, 0] == 0 and decoded[14, 14] > 200
 
 
 def test_not_an_image_is_rejected() -> None:
@@ -198,10 +199,12 @@ def test_16_bit_dark_on_light_is_inverted_like_8_bit() -> None:
 
 
 def upright_strip() -> np.ndarray:
-    """10 wide, 20 tall, bright at the top: rotated 90 degrees clockwise, the bright part is on the right."""
-    pixels = np.zeros((20, 10), np.uint8)
-    pixels[:5] = 255
-    return pixels
+    """An item 10 wide, 20 tall, bright at the top, on a dark margin: rotated 90 degrees clockwise,
+    the bright part is on the right."""
+    pixels = np.zeros((24, 14), np.uint8)
+    pixels[2:22, 2:12] = 90
+    pixels[2:7, 2:12] = 255
+    return np.kron(pixels, np.ones((8, 8), np.uint8))  # large enough that JPEG's ringing is no matter
 
 
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
@@ -211,7 +214,7 @@ def test_exif_orientation_is_applied(fmt: str) -> None:
     exif = Image.Exif()
     exif[0x0112] = 6
     decoded = decode_image(image_bytes(upright_strip(), fmt, exif=exif), invert="false")
-    assert decoded[14, 20:].mean() > 150 and decoded[14, :8].mean() < 50
+    assert decoded[14, 22:].mean() > 200 and decoded[14, :6].mean() < 120
 
 
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
@@ -220,14 +223,14 @@ def test_a_mistyped_exif_tag_does_not_fail_the_image(fmt: str) -> None:
     exif = tiff_exif(ORIENTATION_6, (0x011A, 2, 4, b"abc\x00"))
     data = image_bytes(upright_strip(), fmt, exif=b"Exif\x00\x00" + exif if fmt == "JPEG" else exif)
     decoded = decode_image(data, invert="false")
-    assert decoded[14, 20:].mean() > 150  # and the orientation still counts
+    assert decoded[14, 22:].mean() > 200  # and the orientation still counts
 
 
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
 def test_unreadable_exif_means_no_orientation(fmt: str) -> None:
     data = image_bytes(upright_strip(), fmt, exif=b"not a TIFF block at all")
     decoded = decode_image(data, invert="false")
-    assert decoded[:8, 14].mean() > 150  # as stored: bright at the top
+    assert decoded[:6, 14].mean() > 200  # as stored: bright at the top
 
 
 def test_images_with_an_absurd_side_are_refused_from_the_header() -> None:
@@ -261,3 +264,86 @@ def test_mutated_images_with_exif_decode_or_raise_a_client_error(fmt: str, data:
     except InvalidInput:
         return
     assert image.shape == (28, 28)
+
+
+# ---- the Fashion-MNIST conversion of uploads (issue 9) ----
+
+
+def item(seed: int = 0) -> np.ndarray:
+    """A dataset-like item: a light, shaded, irregular shape whose longest side is 28."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:28, 0:28]
+    half_width = 6 + 4 * np.sin(yy / 9 + rng.uniform(0, 3))  # a waisted silhouette
+    shape = np.abs(xx - 13.5) < half_width
+    shading = 120 + 100 * (yy / 27) + rng.normal(0, 8, (28, 28))
+    return np.where(shape, np.clip(shading, 1, 255), 0).astype(np.uint8)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_product_photo_becomes_the_dataset_item_it_shows(seed: int) -> None:
+    from bench.photos import product_photo
+
+    original = item(seed)
+    photo = product_photo(original, np.random.default_rng(seed))  # margins, tint, noise, JPEG or PNG
+    decoded = decode_image(photo.data)
+    assert np.abs(decoded - original).mean() < 12  # resampling, noise and JPEG, nothing more
+    assert decoded[0, 0] == 0 and decoded[27, 27] == 0  # the background is exactly black
+
+
+@pytest.mark.parametrize("background", [(255, 255, 255), (240, 228, 205), (205, 220, 240), (180, 180, 180)])
+def test_light_and_tinted_backgrounds_are_taken_out(background: tuple[int, int, int]) -> None:
+    canvas = np.empty((300, 240, 3), np.uint8)
+    canvas[:] = background
+    canvas[40:240, 60:160] = (20, 30, 90)  # a navy garment, off-centre
+    decoded = decode_image(image_bytes(canvas, "PNG", mode="RGB"))
+    rows, cols = np.nonzero(decoded > 50)
+    assert (rows.min(), rows.max()) == (0, 27)  # trimmed: the item's height fills the frame
+    assert 6 <= cols.min() <= 8 and 20 <= cols.max() <= 21  # and it is centred
+    assert decoded[0, 0] == 0 and decoded[14, 14] > 150
+
+
+def test_a_light_item_on_a_dark_background_is_not_inverted() -> None:
+    canvas = np.full((200, 300), 15, np.uint8)
+    canvas[20:180, 100:180] = 210
+    decoded = decode_image(image_bytes(canvas))
+    assert decoded[14, 14] > 190 and decoded[14, 0] == 0
+
+
+def test_an_item_cut_off_by_the_frame_is_trimmed_on_the_other_sides() -> None:
+    photo = np.full((120, 200), 250, np.uint8)
+    photo[30:, 40:100] = 40  # runs off the bottom edge
+    decoded = decode_image(image_bytes(photo))
+    rows, cols = np.nonzero(decoded > 100)
+    assert (rows.min(), rows.max()) == (0, 27) and cols.max() - cols.min() + 1 in (18, 19, 20)
+
+
+def test_very_small_and_very_large_photos_convert() -> None:
+    tiny = np.full((5, 3), 255, np.uint8)
+    tiny[1:4, 1] = 0
+    assert decode_image(image_bytes(tiny))[14, 14] > 200  # one dark stroke, enlarged to 28 tall
+    large = np.full((4000, 3000), 245, np.uint8)
+    large[500:3500, 1000:2000] = 30
+    decoded = decode_image(image_bytes(large, "JPEG", quality=90))
+    assert decoded[14, 14] > 200 and decoded[14, 0] == 0
+
+
+@pytest.mark.parametrize(
+    "pixels",
+    [
+        np.full((60, 40), 255, np.uint8),
+        np.zeros((60, 40), np.uint8),
+        np.full((60, 40), 128, np.uint8),
+        np.clip(np.random.default_rng(0).normal(240, 3, (60, 40)), 0, 255).astype(np.uint8),
+    ],
+    ids=["white", "black", "grey", "white-with-sensor-noise"],
+)
+def test_a_blank_photo_is_all_background(pixels: np.ndarray) -> None:
+    assert not decode_image(image_bytes(pixels)).any()
+
+
+def test_forced_inversion_still_decides_the_polarity() -> None:
+    photo = np.full((100, 60), 250, np.uint8)
+    photo[10:90, 15:45] = 30
+    assert decode_image(image_bytes(photo), invert="true")[14, 14] > 200  # as auto would
+    kept = decode_image(image_bytes(photo), invert="false")  # light background kept as sent
+    assert kept[14, 14] < 60 and kept[14, 0] > 200
