@@ -67,6 +67,13 @@ def servers(version_dir: Path) -> list[ServerSpec]:
             ("json1", "png1", "json256", "bin4096"),
             (("MODEL_STORE", str(STORE)), ("LOG_LEVEL", "warning")),
         ),
+        # The same service serving version 1, published before OOD detection: what the flag costs.
+        ServerSpec(
+            "service_v1",
+            "service",
+            ("json1",),
+            (("MODEL_STORE", str(STORE)), ("LOG_LEVEL", "warning"), ("MODEL_VERSION", "1")),
+        ),
         # The same service behind uvicorn's stock protocols: what the head and connection guards cost.
         ServerSpec(
             "svc_httptools",
@@ -164,6 +171,12 @@ def ratios(results: list[Result]) -> dict[str, float]:
         ("svc_httptools", "json1", 64),
     )
     put("json1@64 svc_h11 / service (guarded)", ("svc_h11", "json1", 64), ("service", "json1", 64))
+    for connections in (1, 16, 64):
+        put(
+            f"json1@{connections} service (OOD) / service_v1 (no OOD) (target >= 0.9)",
+            ("service", "json1", connections),
+            ("service_v1", "json1", connections),
+        )
     put(
         "png1@64 service / fast_echo json1 (target >= 0.6)",
         ("service", "png1", 64),

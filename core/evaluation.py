@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from core.store import ClassMetrics, EvaluationMetrics
+from core.store import ClassMetrics, EvaluationMetrics, ReliabilityBin
 
 # Keras clips probabilities to [epsilon, 1 - epsilon] in its cross-entropy; matching it keeps
 # /evaluate's loss equal to model.evaluate's.
 EPSILON = 1e-7
+CALIBRATION_BINS = 15
 
 
 def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:
@@ -47,5 +48,48 @@ def evaluate_probabilities(
         loss=float(-np.log(picked).mean()),
         accuracy=float((predicted == labels).mean()),
         per_class=per_class,
+        ece=expected_calibration_error(probabilities, labels),
     )
     return metrics, matrix
+
+
+def reliability_bins(
+    probabilities: np.ndarray, labels: np.ndarray, bins: int = CALIBRATION_BINS
+) -> list[ReliabilityBin]:
+    """Predictions grouped by confidence into equal-width bins: how often each group was right."""
+    confidence = np.asarray(probabilities, dtype=np.float64).max(axis=1)
+    correct = np.asarray(probabilities).argmax(axis=1) == np.asarray(labels)
+    # Bin i holds confidences in (i/bins, (i+1)/bins]; a confidence of exactly 0 joins the first.
+    index = np.clip(np.ceil(confidence * bins).astype(np.int64) - 1, 0, bins - 1)
+    result = []
+    for i in range(bins):
+        members = index == i
+        count = int(members.sum())
+        result.append(
+            ReliabilityBin(
+                lower=i / bins,
+                upper=(i + 1) / bins,
+                count=count,
+                confidence=float(confidence[members].mean()) if count else None,
+                accuracy=float(correct[members].mean()) if count else None,
+            )
+        )
+    return result
+
+
+def expected_calibration_error(
+    probabilities: np.ndarray, labels: np.ndarray, bins: int = CALIBRATION_BINS
+) -> float:
+    """ECE (Guo et al. 2017): the count-weighted mean gap between confidence and accuracy over bins."""
+    total = len(labels)
+    return (
+        float(
+            sum(
+                b.count / total * abs(b.confidence - b.accuracy)
+                for b in reliability_bins(probabilities, labels, bins)
+                if b.confidence is not None and b.accuracy is not None
+            )
+        )
+        if total
+        else 0.0
+    )

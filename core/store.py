@@ -6,9 +6,11 @@ Layout (one writer per version, readers never block)::
         model.keras                 the trained Keras model (takes raw 0-255 pixels)
         model.onnx                  optional fast serving artifact, parity-checked against model.keras
         probe.npz                   probe inputs and the Keras outputs on them (checks engines at load)
+        ood.npz                     the out-of-distribution detector (core/ood.py); optional
         metadata.json               ModelMetadata below
         history.csv                 per-epoch training log
         learning_curves.png         loss and accuracy, train vs validation
+        reliability.png             confidence vs accuracy before and after calibration
     <root>/<name>/current.json      which version is served: {"version": N, "promoted_at": ..., "reason": ...}
     <root>/<name>/.lock             taken by writers (publish, promote) only
     <root>/<name>/.staging-*/       versions being written; invisible to readers
@@ -36,9 +38,11 @@ from pydantic import BaseModel, Field, ValidationError
 MODEL_FILE = "model.keras"
 ONNX_FILE = "model.onnx"
 PROBE_FILE = "probe.npz"
+OOD_FILE = "ood.npz"
 METADATA_FILE = "metadata.json"
 HISTORY_FILE = "history.csv"
 CURVES_FILE = "learning_curves.png"
+RELIABILITY_FILE = "reliability.png"
 CURRENT_FILE = "current.json"
 LOCK_FILE = ".lock"
 STAGING_PREFIX = ".staging-"
@@ -76,6 +80,38 @@ class EvaluationMetrics(BaseModel):
     loss: float
     accuracy: float
     per_class: dict[str, ClassMetrics]
+    ece: float | None = Field(default=None, description="Expected calibration error, 15 equal-width bins.")
+
+
+class ReliabilityBin(BaseModel):
+    lower: float
+    upper: float
+    count: int
+    confidence: float | None = Field(description="Mean confidence of the predictions in the bin.")
+    accuracy: float | None = Field(description="Fraction of them that were right.")
+
+
+class CalibrationMetrics(BaseModel):
+    accuracy: float
+    nll: float
+    ece: float
+
+
+class CalibrationReport(BaseModel):
+    """Temperature scaling, fitted on the validation split and folded into the served model."""
+
+    temperature: float = Field(gt=0)
+    before: dict[str, CalibrationMetrics] = Field(description="Split name -> metrics without it.")
+    after: dict[str, CalibrationMetrics] = Field(description="Split name -> metrics with it.")
+
+
+class OodReport(BaseModel):
+    """The out-of-distribution detector stored in ood.npz."""
+
+    method: str
+    threshold: float
+    flag_quantile: float = Field(description="Fraction of the validation split under the threshold.")
+    flagged: dict[str, float] = Field(description="Split name -> fraction flagged at the threshold.")
 
 
 class ModelMetadata(BaseModel):
@@ -95,6 +131,9 @@ class ModelMetadata(BaseModel):
     datasets: dict[str, str] = Field(default={}, description="File name -> sha256 of the training data.")
     framework: dict[str, str] = {}
     artifacts: list[str] = Field(default=[], description="Serving artifacts in the version directory.")
+    calibration: CalibrationReport | None = None
+    ood: OodReport | None = Field(default=None, description="Absent for versions published without ood.npz.")
+    derived_from: int | None = Field(default=None, description="The version whose weights this one reuses.")
 
 
 class CurrentPointer(BaseModel):

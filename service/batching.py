@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from service.errors import NotReady, Overloaded, Timeout
-from service.loader import LoadedModel
+from service.loader import Inference, LoadedModel
 from service.metrics import Metrics
 
 
@@ -26,7 +26,7 @@ from service.metrics import Metrics
 class _Job:
     model: LoadedModel
     images: np.ndarray
-    future: asyncio.Future[np.ndarray]
+    future: asyncio.Future[Inference]
     enqueued_at: float = field(default_factory=time.perf_counter)
 
 
@@ -80,8 +80,8 @@ class MicroBatcher:
 
     async def predict(
         self, model: LoadedModel, images: np.ndarray, deadline: float | None = None
-    ) -> np.ndarray:
-        """Probabilities for `images` from `model`, in order; may share an engine call with others.
+    ) -> Inference:
+        """Probabilities and OOD scores for `images` from `model`, in order; may share an engine call.
 
         deadline: event-loop time by which the result is due (504 after it); default timeout_s from now.
         """
@@ -150,26 +150,23 @@ class MicroBatcher:
             self.metrics.queue_time.observe(started - job.enqueued_at)
         try:
             if len(batch) <= self.inline_max_images:
-                probabilities = model.engine.predict(batch)
+                result = model.infer(batch)
             else:
                 loop = asyncio.get_running_loop()
-                probabilities = await loop.run_in_executor(self._executor, model.engine.predict, batch)
+                result = await loop.run_in_executor(self._executor, model.infer, batch)
         except Exception as exc:  # an engine failure fails this batch's requests, not the worker
             for job in jobs:
                 if not job.future.done():
                     job.future.set_exception(exc)
             return
-        self._record(model, probabilities, time.perf_counter() - started)
+        self.metrics.inference_latency.observe(time.perf_counter() - started)
+        self.metrics.batch_size.observe(len(batch))
+        self.metrics.observe_predictions(
+            model.metadata.name, model.class_names, result.probabilities, result.ood_flags
+        )
         offset = 0
         for job in jobs:
             count = len(job.images)
             if not job.future.done():
-                job.future.set_result(probabilities[offset : offset + count])
+                job.future.set_result(result[offset : offset + count])
             offset += count
-
-    def _record(self, model: LoadedModel, probabilities: np.ndarray, seconds: float) -> None:
-        self.metrics.inference_latency.observe(seconds)
-        self.metrics.batch_size.observe(len(probabilities))
-        counts = np.bincount(probabilities.argmax(axis=1), minlength=len(model.class_names))
-        for class_id in np.flatnonzero(counts):
-            self.metrics.predictions.labels(model.class_names[class_id]).inc(int(counts[class_id]))

@@ -156,11 +156,11 @@ async def decode_request(
             return decode_json(body, limits.max_instances, json_fields)
         return decode_binary(body, media_type, limits.max_bulk_instances), {}
 
-    images, fields = await _inline_or_pooled(decode, len(body) <= INLINE_BODY_BYTES, pool, deadline)
+    images, fields = await inline_or_pooled(decode, len(body) <= INLINE_BODY_BYTES, pool, deadline)
     return Decoded(images, fields, deadline)
 
 
-async def _inline_or_pooled(
+async def inline_or_pooled(
     work: Callable[[threading.Event | None], T], cheap: bool, pool: DecodePool, deadline: float
 ) -> T:
     """Cheap work runs in place (a thread hop would cost more); the rest in the decode pool."""
@@ -349,13 +349,13 @@ async def _decode_uploads(
     pool: DecodePool,
     deadline: float,
 ) -> tuple[np.ndarray, dict[str, Any]]:
-    uploads, fields = await _inline_or_pooled(
+    uploads, fields = await inline_or_pooled(
         lambda _: open_uploads(body, content_type, media_type, limits),
         len(body) <= INLINE_BODY_BYTES,
         pool,
         deadline,
     )
-    images = await _inline_or_pooled(
+    images = await inline_or_pooled(
         lambda cancelled: convert_uploads(uploads, invert, cancelled),
         sum(pixel_count(upload.image) for upload in uploads) <= INLINE_IMAGE_PIXELS,
         pool,

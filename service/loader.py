@@ -1,11 +1,11 @@
 """Which version is served: load, verify and swap versions of the store without dropping requests.
 
 A candidate version is loaded off the event loop, checked (metadata, input shape, classes, engine
-parity on the probe batch, which is also the warm-up), then swapped in with one reference
-assignment. Requests that started on the old version finish on it. A version that fails is never
-served; it is tried again when any of its files changes, when a reload is forced, or after a
-backoff (RETRY_POLLS poll intervals, doubling up to RETRY_MAX_S) in case the failure was
-transient. The store is never modified here.
+parity on the probe batch, which is also the warm-up, and the OOD detector's scores on that batch),
+then swapped in with one reference assignment. Requests that started on the old version finish on
+it. A version that fails is never served; it is tried again when any of its files changes, when a
+reload is forced, or after a backoff (RETRY_POLLS poll intervals, doubling up to RETRY_MAX_S) in
+case the failure was transient. The store is never modified here.
 """
 
 from __future__ import annotations
@@ -20,7 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from core.engines import Engine, EngineError, EngineKind, load_engine
+import numpy as np
+
+from core.engines import Engine, EngineError, EngineKind, load_engine, load_probe
+from core.ood import OodDetector, load_detector
 from core.preprocessing import INPUT_SHAPE
 from core.store import ModelMetadata, ModelStore, StoreError
 from service.config import Settings
@@ -38,16 +41,39 @@ class IncompatibleModel(Exception):
 
 
 @dataclass(frozen=True)
+class Inference:
+    probabilities: np.ndarray  # (N, classes)
+    ood_scores: np.ndarray | None = None  # (N,); None for versions without an OOD detector
+    ood_flags: np.ndarray | None = None  # (N,) bool: score above the version's threshold
+
+    def __getitem__(self, rows: slice) -> Inference:
+        return Inference(
+            self.probabilities[rows],
+            None if self.ood_scores is None else self.ood_scores[rows],
+            None if self.ood_flags is None else self.ood_flags[rows],
+        )
+
+
+@dataclass(frozen=True)
 class LoadedModel:
     version: int
     metadata: ModelMetadata
     engine: Engine
     directory: Path
+    detector: OodDetector | None = None
     loaded_at: float = field(default_factory=time.time)
 
     @property
     def class_names(self) -> list[str]:
         return self.metadata.class_names
+
+    def infer(self, batch: np.ndarray) -> Inference:
+        """Probabilities and OOD scores for a (N, 28, 28) float32 batch: one engine call."""
+        outputs = self.engine.predict(batch)
+        if self.detector is None or outputs.features is None:
+            return Inference(outputs.probabilities)
+        scores = self.detector.score(outputs.features, batch)
+        return Inference(outputs.probabilities, scores, self.detector.flag(scores))
 
 
 @dataclass(frozen=True)
@@ -72,8 +98,9 @@ def load_version(
             f"has {served.class_names}; restart the service to change the class list"
         )
     directory = store.version_dir(version)
-    engine = load_engine(directory, engine_kind)
-    return LoadedModel(version, metadata, engine, directory)
+    probe = load_probe(directory)
+    engine = load_engine(directory, engine_kind, probe)
+    return LoadedModel(version, metadata, engine, directory, load_detector(directory, probe))
 
 
 @dataclass(frozen=True)

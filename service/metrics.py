@@ -2,10 +2,45 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
+import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 16384)
+CONFIDENCE_BUCKETS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
+
+
+class BatchHistogram(Collector):
+    """A histogram observed a batch at a time with NumPy (one call per engine batch, not per image).
+
+    prometheus_client's Histogram takes one value per call, which costs more than the inference of
+    a large batch. Only the event loop observes, so no lock is needed.
+    """
+
+    def __init__(self, name: str, documentation: str, label: str, buckets: tuple[float, ...]) -> None:
+        self.name, self.documentation, self.label = name, documentation, label
+        self.bounds = np.asarray(buckets, dtype=np.float64)
+        self._series: dict[str, tuple[np.ndarray, list[float]]] = {}  # label -> (bucket counts, [sum])
+
+    def observe_many(self, label_value: str, values: np.ndarray) -> None:
+        counts, total = self._series.setdefault(
+            label_value, (np.zeros(len(self.bounds) + 1, dtype=np.int64), [0.0])
+        )
+        # Bucket i counts values <= bounds[i]; the last counts the rest (+Inf).
+        counts += np.bincount(np.searchsorted(self.bounds, values, side="left"), minlength=len(counts))
+        total[0] += float(np.sum(values))
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=[self.label])
+        for label_value, (counts, total) in self._series.items():
+            cumulative = np.cumsum(counts).tolist()
+            edges = [*(f"{bound:g}" for bound in self.bounds), "+Inf"]
+            family.add_metric([label_value], list(zip(edges, cumulative, strict=True)), total[0])
+        yield family
 
 
 class Metrics:
@@ -64,6 +99,19 @@ class Metrics:
         self.predictions = Counter(
             "model_predictions", "Predicted images by class.", ["class_name"], registry=r
         )
+        self.confidence = BatchHistogram(
+            "model_prediction_confidence",
+            "Probability of the predicted class, per prediction.",
+            "model",
+            CONFIDENCE_BUCKETS,
+        )
+        r.register(self.confidence)
+        self.ood = Counter(
+            "model_ood_predictions",
+            "Predictions flagged out-of-distribution (unlike the training data).",
+            ["model"],
+            registry=r,
+        )
         self.model_info = Gauge(
             "model_info", "The served model version (value 1).", ["name", "version", "engine"], registry=r
         )
@@ -82,6 +130,17 @@ class Metrics:
         self.last_swap = Gauge(
             "model_last_swap_timestamp_seconds", "Unix time the served version last changed.", registry=r
         )
+
+    def observe_predictions(
+        self, model: str, class_names: list[str], probabilities: np.ndarray, ood_flags: np.ndarray | None
+    ) -> None:
+        """One engine batch: predicted classes, confidences and OOD flags."""
+        counts = np.bincount(probabilities.argmax(axis=1), minlength=len(class_names))
+        for class_id in np.flatnonzero(counts):
+            self.predictions.labels(class_names[class_id]).inc(int(counts[class_id]))
+        self.confidence.observe_many(model, probabilities.max(axis=1))
+        if ood_flags is not None:
+            self.ood.labels(model).inc(int(np.count_nonzero(ood_flags)))
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         key = (route, method, status)

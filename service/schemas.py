@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from core.store import ClassMetrics
+from core.store import ClassMetrics, ReliabilityBin
 
 _EXAMPLE_IMAGE = [[0] * 28 for _ in range(28)]
 
@@ -34,7 +34,16 @@ class Prediction(BaseModel):
     class_name: str = Field(examples=["Ankle boot"])
     confidence: float = Field(examples=[0.97])
     probabilities: list[float] = Field(description="One per class, in class_names order; they sum to 1.")
+    ood: bool | None = Field(
+        examples=[False],
+        description="Unlike the training data (score above the version's threshold); null for versions "
+        "published without an OOD detector. The class and probabilities are returned either way.",
+    )
+    ood_score: float | None = Field(examples=[41.7], description="Higher is less like the training data.")
     top_k: list[TopClass] | None = Field(None, description="Present when the top_k query parameter is given.")
+    input: str | None = Field(
+        None, description="With include=input: the 28x28 image the model saw, as a PNG data URL."
+    )
 
 
 class PredictResponse(BaseModel):
@@ -55,6 +64,11 @@ class EvaluateResponse(BaseModel):
     count: int
     loss: float = Field(description="Sparse categorical cross-entropy.")
     accuracy: float
+    ece: float = Field(description="Expected calibration error, 15 equal-width confidence bins.")
+    reliability: list[ReliabilityBin] = Field(description="The bins ECE is computed from.")
+    ood_flagged: float | None = Field(
+        description="Fraction flagged out-of-distribution; null without a detector."
+    )
     per_class: dict[str, ClassMetrics]
     class_names: list[str]
     confusion_matrix: list[list[int]] = Field(description="Rows are true classes, columns predicted classes.")

@@ -33,6 +33,12 @@ def test_evaluate_reports_loss_accuracy_per_class_and_confusion(client: TestClie
     assert body["loss"] > 0
     assert body["per_class"]["Trouser"] == {"precision": 1.0, "recall": 1.0, "f1": 1.0, "support": 2}
     assert np.array_equal(np.array(body["confusion_matrix"]), 2 * np.eye(10))
+    # Calibration: ECE over 15 confidence bins, all 20 predictions in them; none flagged OOD here.
+    assert len(body["reliability"]) == 15 and sum(b["count"] for b in body["reliability"]) == 20
+    confident = [b for b in body["reliability"] if b["count"]]
+    expected_ece = sum(b["count"] / 20 * abs(b["confidence"] - b["accuracy"]) for b in confident)
+    assert body["ece"] == pytest.approx(expected_ece)
+    assert body["ood_flagged"] == 0.0
 
 
 def test_evaluate_counts_mistakes(client: TestClient) -> None:
@@ -141,6 +147,14 @@ def test_metrics_parse_and_move_with_traffic(client: TestClient) -> None:
     assert after[("model_info", (("engine", "onnx"), ("name", "fashion-mnist"), ("version", "1")))] == 1
     assert ("http_request_duration_seconds_count", (("route", "/predict"),)) in after
     assert ("model_reloads_total", (("outcome", "success"),)) in after
+    # What clients send, for dashboards: confidence per prediction and OOD flags.
+    confidence = ("model_prediction_confidence_count", (("model", "fashion-mnist"),))
+    assert after[confidence] == before.get(confidence, 0) + 3
+    certain = ("model_prediction_confidence_bucket", (("le", "0.5"), ("model", "fashion-mnist")))
+    assert after[certain] <= after[confidence]
+    flagged = ("model_ood_predictions_total", (("model", "fashion-mnist"),))
+    client.post("/predict", json={"instances": [np.zeros((28, 28)).tolist()]})  # blank: flagged
+    assert samples(client)[flagged] == after.get(flagged, 0) + 1
 
 
 def test_request_ids_are_echoed_or_generated(client: TestClient) -> None:

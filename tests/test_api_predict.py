@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import base64
 import io
 
 import numpy as np
@@ -94,3 +95,41 @@ def test_the_openapi_document_describes_every_input_format(client: TestClient) -
     assert set(content) >= {"application/json", "multipart/form-data", "image/*", "application/octet-stream"}
     assert "instances" in content["application/json"]["schema"]["properties"]
     assert "PredictResponse" in spec["components"]["schemas"]
+
+
+def test_every_prediction_carries_an_ood_flag_and_score(client: TestClient) -> None:
+    inside = images(2)[0]
+    blank = np.zeros((28, 28))
+    predictions = client.post("/predict", json={"instances": [inside.tolist(), blank.tolist()]}).json()[
+        "predictions"
+    ]
+    assert [p["ood"] for p in predictions] == [False, True]
+    assert predictions[1]["ood_score"] > predictions[0]["ood_score"] >= 0
+    assert predictions[1]["class_name"] and len(predictions[1]["probabilities"]) == 10  # still answered
+
+
+def test_include_input_returns_the_image_the_model_saw(client: TestClient) -> None:
+    from PIL import Image
+
+    photo = 255 - np.kron(images(4)[0], np.ones((5, 5), np.uint8))  # 140 x 140, dark on light
+    response = client.post(
+        "/predict?include=input", content=image_bytes(photo, "PNG"), headers={"content-type": "image/png"}
+    )
+    url = response.json()["predictions"][0]["input"]
+    assert url.startswith("data:image/png;base64,")
+    seen = np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))))
+    assert seen.shape == (28, 28) and seen.dtype == np.uint8
+    band = seen[:, 14] > 128  # the light-on-dark band the model was trained on: class 4 is 10 rows
+    assert 9 <= band.sum() <= 11 and seen[0, 0] == 0
+    pixels = client.post("/predict?include=input", json={"instances": [images(1)[0].tolist()]}).json()
+    assert pixels["predictions"][0]["input"].startswith("data:image/png;base64,")
+    assert (
+        "input"
+        not in client.post("/predict", json={"instances": [images(1)[0].tolist()]}).json()["predictions"][0]
+    )
+
+
+def test_include_refuses_what_it_cannot_include(client: TestClient) -> None:
+    response = client.post("/predict?include=gradients", json={"instances": [images(1)[0].tolist()]})
+    assert response.status_code == 422
+    assert response.json()["error"]["message"].startswith("include may list input")

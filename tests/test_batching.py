@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from core.engines import Engine, load_engine
+from core.engines import Engine, Outputs, load_engine
 from core.store import ModelStore
 from service.batching import MicroBatcher
-from service.loader import LoadedModel, load_version
+from service.loader import Inference, LoadedModel, load_version
 from service.metrics import Metrics
 from tests.conftest import make_client
 from tests.helpers import synthetic_images, wait_until
@@ -32,7 +32,7 @@ class GatedEngine:
         self.gate = threading.Event()
         self.batches: list[int] = []
 
-    def predict(self, batch: np.ndarray) -> np.ndarray:
+    def predict(self, batch: np.ndarray) -> Outputs:
         self.batches.append(len(batch))
         self.started.set()
         self.gate.wait(timeout=30)
@@ -49,7 +49,7 @@ def test_concurrent_requests_each_get_their_own_rows(model: LoadedModel) -> None
     requests = [rng.uniform(0, 255, (int(rng.integers(1, 4)), 28, 28)).astype(np.float32) for _ in range(200)]
     metrics = Metrics()
 
-    async def run() -> list[np.ndarray]:
+    async def run() -> list[Inference]:
         batcher = MicroBatcher(
             metrics, max_batch_images=64, max_queue_images=10_000, timeout_s=10, inline_max_images=16
         )
@@ -61,7 +61,10 @@ def test_concurrent_requests_each_get_their_own_rows(model: LoadedModel) -> None
 
     results = asyncio.run(run())
     for images, result in zip(requests, results, strict=True):
-        assert np.allclose(result, model.engine.predict(images), atol=1e-6)
+        alone = model.infer(images)
+        assert np.allclose(result.probabilities, alone.probabilities, atol=1e-6)
+        assert result.ood_scores is not None and alone.ood_scores is not None
+        assert np.allclose(result.ood_scores, alone.ood_scores, rtol=1e-4)
     calls = metrics.batch_size.collect()[0].samples
     count = next(s.value for s in calls if s.name.endswith("_count"))
     total = next(s.value for s in calls if s.name.endswith("_sum"))
@@ -87,7 +90,7 @@ def test_an_idle_engine_runs_a_lone_request_at_once(model: LoadedModel) -> None:
 def test_different_versions_never_share_a_batch(model: LoadedModel) -> None:
     other = dataclasses.replace(model, version=2)
 
-    async def run() -> list[np.ndarray]:
+    async def run() -> list[Inference]:
         batcher = MicroBatcher(
             Metrics(), max_batch_images=64, max_queue_images=100, timeout_s=10, inline_max_images=64
         )
@@ -155,7 +158,7 @@ def test_a_request_that_waits_too_long_is_504(gated_client: tuple[TestClient, Ga
 def test_engine_choice_survives_a_round_trip(tiny_store: Path) -> None:
     engine = load_engine(tiny_store / "fashion-mnist" / "1", "keras")
     assert engine.kind == "keras"
-    assert engine.predict(synthetic_images(np.array([3])).astype(np.float32)).argmax() == 3
+    assert engine.predict(synthetic_images(np.array([3])).astype(np.float32)).probabilities.argmax() == 3
 
 
 def test_bodies_beyond_the_memory_budget_are_refused_before_reading(

@@ -31,7 +31,7 @@ def test_the_bundled_model_evaluates_at_its_recorded_test_accuracy(real_dataset:
     assert recorded.accuracy >= 0.89
     engine = load_engine(store.version_dir(version))
     assert engine.kind == "onnx"
-    probabilities = engine.predict(real_dataset.test.images.astype(np.float32))
+    probabilities = engine.predict(real_dataset.test.images.astype(np.float32)).probabilities
     fresh, _ = evaluate_probabilities(probabilities, real_dataset.test.labels, real_dataset.class_names)
     assert fresh.accuracy == pytest.approx(recorded.accuracy, abs=2e-4)
     assert fresh.loss == pytest.approx(recorded.loss, abs=1e-3)
@@ -61,7 +61,8 @@ def test_evaluate_matches_keras_model_evaluate_on_1000_test_images(
         "/evaluate", json={"instances": images.tolist(), "labels": labels.tolist()}
     ).json()
     store, version = bundled()
-    model = keras.models.load_model(store.version_dir(version) / MODEL_FILE, compile=False)
+    served = keras.models.load_model(store.version_dir(version) / MODEL_FILE, compile=False)
+    model = keras.Model(served.inputs, served.outputs[0])  # the probabilities; the features are second
     model.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     loss, accuracy = model.evaluate(images.astype(np.float32), labels, verbose=0)
     assert body["count"] == 1000
@@ -75,7 +76,9 @@ def test_the_keras_engine_serves_the_bundled_model_identically(real_dataset: Dat
     batch = real_dataset.test.images[:256].astype(np.float32)
     fast = load_engine(store.version_dir(version)).predict(batch)
     reference = KerasEngine(store.version_dir(version) / MODEL_FILE).predict(batch)
-    assert np.abs(fast - reference).max() <= 1e-5
+    assert np.abs(fast.probabilities - reference.probabilities).max() <= 1e-5
+    assert fast.features is not None and reference.features is not None
+    assert np.abs(fast.features - reference.features).max() <= 1e-4
 
 
 @pytest.mark.parametrize("dark_on_light", [False, True], ids=["as-in-the-dataset", "dark-on-light"])

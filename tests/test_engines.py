@@ -20,9 +20,13 @@ def test_onnx_and_keras_engines_agree(tiny_store: Path) -> None:
     batch = np.random.default_rng(0).uniform(0, 255, (64, 28, 28)).astype(np.float32)
     onnx, keras = OnnxEngine(directory / ONNX_FILE), KerasEngine(directory / "model.keras")
     fast, reference = onnx.predict(batch), keras.predict(batch)
-    assert fast.shape == (64, 10)
-    assert np.abs(fast - reference).max() <= 1e-5
-    assert np.array_equal(fast.argmax(1), reference.argmax(1))
+    assert fast.probabilities.shape == (64, 10)
+    assert np.abs(fast.probabilities - reference.probabilities).max() <= 1e-5
+    assert np.array_equal(fast.probabilities.argmax(1), reference.probabilities.argmax(1))
+    # The penultimate features, a second output, agree too: the OOD detector reads them.
+    assert fast.features is not None and reference.features is not None
+    assert fast.features.shape == (64, 32)
+    assert np.abs(fast.features - reference.features).max() <= 1e-4
 
 
 def test_auto_prefers_the_onnx_artifact(tiny_store: Path) -> None:
@@ -35,13 +39,14 @@ def test_a_version_without_the_artifact_falls_back_to_keras(store_copy: Path) ->
 
 
 def test_an_artifact_that_disagrees_with_keras_is_refused(store_copy: Path) -> None:
+    from training.export import serving_model
     from training.model import build_model
 
-    impostor = build_model(10, hidden_units=(32,))  # same shapes, untrained weights
+    impostor = serving_model(build_model(10, hidden_units=(32,)), 1.0)  # same shapes, untrained weights
     impostor(np.zeros((1, 28, 28), np.float32))
     impostor.export(str(version_dir(store_copy) / ONNX_FILE), format="onnx", verbose=False)
     for kind in ("onnx", "auto"):  # auto never falls back to Keras for a version that has the artifact
-        with pytest.raises(EngineError, match="onnx engine disagrees with the published Keras outputs"):
+        with pytest.raises(EngineError, match="onnx engine disagrees with the published Keras probabilities"):
             load_engine(version_dir(store_copy), kind)  # type: ignore[arg-type]
 
 
@@ -71,9 +76,21 @@ def test_a_missing_probe_means_the_version_cannot_be_verified(store_copy: Path) 
 
 
 def test_the_probe_covers_real_and_extreme_inputs(tiny_store: Path) -> None:
-    inputs, outputs = load_probe(version_dir(tiny_store))
-    assert inputs.shape[1:] == (28, 28) and outputs.shape == (len(inputs), 10)
-    assert inputs.min() == 0 and inputs.max() == 255
+    probe = load_probe(version_dir(tiny_store))
+    count = len(probe.inputs)
+    assert probe.inputs.shape[1:] == (28, 28) and probe.probabilities.shape == (count, 10)
+    assert probe.inputs.min() == 0 and probe.inputs.max() == 255
+    assert probe.features is not None and probe.features.shape == (count, 32)
+    assert probe.ood_scores is not None and probe.ood_scores.shape == (count,)
+
+
+def test_features_that_disagree_with_the_probe_are_refused(store_copy: Path) -> None:
+    directory = version_dir(store_copy)
+    probe = load_probe(directory)
+    assert probe.features is not None
+    probe._replace(features=probe.features + 0.01).save(directory / PROBE_FILE)
+    with pytest.raises(EngineError, match="disagrees with the published Keras features"):
+        load_engine(directory)
 
 
 def test_a_corrupt_keras_file_is_an_engine_error(store_copy: Path) -> None:

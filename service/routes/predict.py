@@ -1,22 +1,28 @@
-"""POST /predict: class probabilities for one or many images, in request order."""
+"""POST /predict: class probabilities and OOD flags for one or many images, in request order."""
 
 from __future__ import annotations
 
-from typing import Any
+import base64
+import io
+from dataclasses import dataclass
+from typing import Any, get_args
 
 import numpy as np
 import orjson
 from fastapi import APIRouter, Request
+from PIL import Image
 from starlette.responses import Response
 
 from core.preprocessing import InvertMode
-from service.decoding import decode_request
+from service.decoding import decode_request, inline_or_pooled
 from service.deps import get_model, require_api_key
 from service.errors import InvalidRequest, brief
-from service.loader import LoadedModel
+from service.loader import Inference, LoadedModel
 from service.schemas import PredictRequest, PredictResponse, error_responses, image_body_doc
 
 router = APIRouter(tags=["inference"])
+INVERT_MODES = get_args(InvertMode)
+INLINE_PNGS = 16  # input images encoded on the event loop (about 30 us each); more go to the decode pool
 
 QUERY_DOC = [
     {
@@ -25,6 +31,16 @@ QUERY_DOC = [
         "required": False,
         "description": "Invert image uploads: auto (only dark-on-light images), true, false.",
         "schema": {"type": "string", "enum": ["auto", "true", "false"], "default": "auto"},
+    },
+    {
+        "name": "include",
+        "in": "query",
+        "required": False,
+        "description": (
+            "input: also return, per image, the 28x28 image the model saw (a PNG data URL), after the "
+            "conversion of uploads described in the README."
+        ),
+        "schema": {"type": "string", "enum": ["input"]},
     },
     {
         "name": "top_k",
@@ -42,8 +58,9 @@ QUERY_DOC = [
     description=(
         'Send JSON `{"instances": [...]}` (raw 0-255 pixels, 28x28 nested or 784 flat), image files as '
         "multipart/form-data, one image as `image/*`, or many as `application/octet-stream` (N x 784 uint8) "
-        "or `application/x-npy`. Photos are fitted to 28x28 grayscale; `invert` controls whether "
-        "dark-on-light images are inverted."
+        "or `application/x-npy`. Photos are converted as Fashion-MNIST was made from product photos "
+        "(background found and trimmed, longest side fitted to 28, negated when the background is light; "
+        "`invert` forces the polarity). Every prediction carries an out-of-distribution flag and score."
     ),
     response_model=PredictResponse,
     responses=error_responses(400, 401, 408, 413, 415, 422, 503, 504),
@@ -57,40 +74,89 @@ async def predict(request: Request) -> Response:
     state = request.app.state
     batcher = state.batcher
     batcher.check_capacity()
-    invert, top_k = query_options(request)
+    options = query_options(request)
     decoded = await decode_request(
-        request, state.limits, invert, state.decode_pool, timeout_s=state.settings.request_timeout_s
+        request, state.limits, options.invert, state.decode_pool, timeout_s=state.settings.request_timeout_s
     )
     if not len(decoded.images):
         raise InvalidRequest("instances is required", code="missing_instances")
-    probabilities = await batcher.predict(model, decoded.images, decoded.deadline)
-    return Response(orjson.dumps(prediction_body(model, probabilities, top_k)), media_type="application/json")
+    inference = await batcher.predict(model, decoded.images, decoded.deadline)
+    body = prediction_body(model, inference, options.top_k)
+    if options.include_input:
+        images = decoded.images
+        urls = await inline_or_pooled(
+            lambda _: [png_data_url(image) for image in images],
+            len(images) <= INLINE_PNGS,
+            state.decode_pool,
+            decoded.deadline,
+        )
+        for prediction, url in zip(body["predictions"], urls, strict=True):
+            prediction["input"] = url
+    return Response(orjson.dumps(body), media_type="application/json")
 
 
-def query_options(request: Request) -> tuple[InvertMode, int | None]:
+@dataclass(frozen=True)
+class QueryOptions:
+    invert: InvertMode = "auto"
+    top_k: int | None = None
+    include_input: bool = False
+
+
+INCLUDABLE = ("input",)
+
+
+def query_options(request: Request) -> QueryOptions:
     if not request.scope["query_string"]:
-        return "auto", None
+        return QueryOptions()
     params = request.query_params
     invert = params.get("invert", "auto")
-    if invert not in ("auto", "true", "false"):
+    if invert not in INVERT_MODES:
         raise InvalidRequest(f"invert must be auto, true or false, received {brief(invert)}")
+    include = [
+        part.strip() for value in params.getlist("include") for part in value.split(",") if part.strip()
+    ]
+    unknown = [part for part in include if part not in INCLUDABLE]
+    if unknown:
+        raise InvalidRequest(f"include may list {', '.join(INCLUDABLE)}; received {brief(unknown[0])}")
     raw_top_k = params.get("top_k")
-    if raw_top_k is None:
-        return invert, None  # type: ignore[return-value]
-    # ASCII digits only: "²" and "٣" pass str.isdigit() but not int(); more than 6 digits is never useful.
-    if not (0 < len(raw_top_k) <= 6 and raw_top_k.isascii() and raw_top_k.isdigit()) or int(raw_top_k) < 1:
-        raise InvalidRequest(f"top_k must be a positive integer, received {brief(raw_top_k)}")
-    return invert, int(raw_top_k)  # type: ignore[return-value]
+    top_k = None
+    if raw_top_k is not None:
+        # ASCII digits only: "²" and "٣" pass str.isdigit() but not int(); over 6 digits is never useful.
+        if (
+            not (0 < len(raw_top_k) <= 6 and raw_top_k.isascii() and raw_top_k.isdigit())
+            or int(raw_top_k) < 1
+        ):
+            raise InvalidRequest(f"top_k must be a positive integer, received {brief(raw_top_k)}")
+        top_k = int(raw_top_k)
+    return QueryOptions(invert, top_k, "input" in include)  # type: ignore[arg-type]
 
 
-def prediction_body(model: LoadedModel, probabilities: np.ndarray, top_k: int | None) -> dict[str, Any]:
+def png_data_url(image: np.ndarray) -> str:
+    """A 28x28 model input as a grayscale PNG data URL (about 0.5 KB)."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.clip(np.rint(image), 0, 255).astype(np.uint8), mode="L").save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def prediction_body(model: LoadedModel, inference: Inference, top_k: int | None) -> dict[str, Any]:
     names = model.class_names
+    probabilities = inference.probabilities
     class_ids = probabilities.argmax(axis=1).tolist()
     confidences = probabilities.max(axis=1).tolist()
     rows = probabilities.tolist()
+    count = len(rows)
+    flags = inference.ood_flags.tolist() if inference.ood_flags is not None else [None] * count
+    scores = inference.ood_scores.tolist() if inference.ood_scores is not None else [None] * count
     predictions: list[dict[str, Any]] = [
-        {"class_id": c, "class_name": names[c], "confidence": p, "probabilities": row}
-        for c, p, row in zip(class_ids, confidences, rows, strict=True)
+        {
+            "class_id": c,
+            "class_name": names[c],
+            "confidence": p,
+            "probabilities": row,
+            "ood": o,
+            "ood_score": s,
+        }
+        for c, p, row, o, s in zip(class_ids, confidences, rows, flags, scores, strict=True)
     ]
     if top_k:
         ranked = np.argsort(-probabilities, axis=1, kind="stable")[:, :top_k].tolist()

@@ -81,7 +81,9 @@ log "HEALTHCHECK reports healthy"
 log "training container publishing into the shared volume"
 docker run --rm -v "$VOLUME:/app/models" -v "$DATA_DIR:/data:ro" "$IMAGE" \
   python -m training train --data-dir /data --epochs 1 --max-train-samples 2000 --promote always
-"$PYTHON" -m tests.container.check "http://127.0.0.1:$PORT" version 2
+# The job publishes the version after the bundled ones.
+next_version=$(( $(find models/fashion-mnist -mindepth 1 -maxdepth 1 -name '[0-9]*' -type d | wc -l) + 1 ))
+"$PYTHON" -m tests.container.check "http://127.0.0.1:$PORT" version "$next_version"
 
 stop_started=$(date +%s.%N)
 docker stop -t 30 "$SERVE" >/dev/null
