@@ -33,12 +33,12 @@ def classifier(model: keras.Model) -> keras.Model:
         raise ValueError(
             f"the model has no {OUTPUT_LAYER!r} layer: it was not built by training/model.py"
         ) from exc
-    return keras.Model(model.inputs, output, name=model.name)
+    return keras.Model(model.input, output, name=model.name)
 
 
 def penultimate(model: keras.Model) -> keras.Model:
     """Pixels -> the features the output layer reads."""
-    return keras.Model(model.inputs, model.get_layer(OUTPUT_LAYER).input, name="features")
+    return keras.Model(model.input, model.get_layer(OUTPUT_LAYER).input, name="features")
 
 
 def output_weights(model: keras.Model) -> tuple[np.ndarray, np.ndarray]:
@@ -58,7 +58,7 @@ def serving_model(model: keras.Model, temperature: float) -> keras.Model:
     kernel, bias = layer.get_weights()
     layer.set_weights([kernel / temperature, bias / temperature])
     features = keras.layers.Identity(name=FEATURES_OUTPUT)(layer.input)
-    return keras.Model(served.inputs, [layer.output, features], name=trained.name)
+    return keras.Model(served.input, [layer.output, features], name=trained.name)
 
 
 def probe_batch(examples: np.ndarray, seed: int = 0) -> np.ndarray:
