@@ -8,11 +8,10 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 
-from service.batching import MicroBatcher
 from service.config import Settings
+from service.dataplane import DataPlane
 from service.decoding import DecodePool, Limits
 from service.errors import install_error_handlers
-from service.loader import ModelManager
 from service.metrics import Metrics
 from service.middleware import BodyGuardMiddleware, ObservabilityMiddleware
 from service.routes import admin, evaluate, health, model, predict
@@ -23,30 +22,17 @@ def create_app(settings: Settings) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        manager = ModelManager(settings, metrics)
-        batcher = MicroBatcher(
-            metrics,
-            max_batch_images=settings.max_batch_images,
-            max_queue_images=settings.max_queue_images,
-            timeout_s=settings.request_timeout_s,
-            inline_max_images=settings.inline_max_images,
-        )
+        dataplane = DataPlane(settings, metrics)
         decode_pool = DecodePool(settings.decode_threads)
-        app.state.manager, app.state.batcher, app.state.decode_pool = manager, batcher, decode_pool
+        app.state.dataplane, app.state.decode_pool = dataplane, decode_pool
         app.state.evaluations = asyncio.Semaphore(settings.max_evaluations)
         app.state.test_set = evaluate.TestSet(settings.fashion_mnist_dir)
-        batcher.start()
-        # The first pass loads the current version; readiness reports 503 until it has.
-        watcher = asyncio.create_task(manager.watch(settings.poll_interval_s), name="store-watcher")
+        dataplane.start(settings.poll_interval_s)
         try:
             yield
         finally:
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
-            await batcher.stop()
+            await dataplane.stop()
             decode_pool.shutdown()
-            manager.close()
 
     app = FastAPI(
         title="Fashion-MNIST classifier",

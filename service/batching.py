@@ -35,12 +35,18 @@ class MicroBatcher:
         self,
         metrics: Metrics,
         *,
+        model: str,
         max_batch_images: int,
         max_queue_images: int,
         timeout_s: float,
         inline_max_images: int,
     ) -> None:
         self.metrics = metrics
+        # This batcher's series of the per-model metrics (one batcher per served model).
+        self._queue_depth = metrics.queue_depth.labels(model)
+        self._queue_time = metrics.queue_time.labels(model)
+        self._inference_latency = metrics.inference_latency.labels(model)
+        self._batch_size = metrics.batch_size.labels(model)
         self.max_batch_images = max_batch_images
         self.max_queue_images = max_queue_images
         self.timeout_s = timeout_s
@@ -92,7 +98,7 @@ class MicroBatcher:
         job = _Job(model, images, loop.create_future())
         self._queue.append(job)
         self._queued_images += count
-        self.metrics.queue_depth.set(self._queued_images)
+        self._queue_depth.set(self._queued_images)
         self._wakeup.set()
         expiry = loop.call_at(
             deadline if deadline is not None else loop.time() + self.timeout_s, self._expire, job
@@ -138,7 +144,7 @@ class MicroBatcher:
             self._queued_images -= len(job.images)
             jobs.append(job)
             images += len(job.images)
-        self.metrics.queue_depth.set(self._queued_images)
+        self._queue_depth.set(self._queued_images)
         return jobs
 
     async def _execute(self, jobs: list[_Job]) -> None:
@@ -147,7 +153,7 @@ class MicroBatcher:
         batch = images.astype(np.float32, copy=False)
         started = time.perf_counter()
         for job in jobs:
-            self.metrics.queue_time.observe(started - job.enqueued_at)
+            self._queue_time.observe(started - job.enqueued_at)
         try:
             if len(batch) <= self.inline_max_images:
                 result = model.infer(batch)
@@ -159,10 +165,10 @@ class MicroBatcher:
                 if not job.future.done():
                     job.future.set_exception(exc)
             return
-        self.metrics.inference_latency.observe(time.perf_counter() - started)
-        self.metrics.batch_size.observe(len(batch))
+        self._inference_latency.observe(time.perf_counter() - started)
+        self._batch_size.observe(len(batch))
         self.metrics.observe_predictions(
-            model.metadata.name, model.class_names, result.probabilities, result.ood_flags
+            model.name, model.class_names, result.probabilities, result.ood_flags
         )
         offset = 0
         for job in jobs:

@@ -17,9 +17,17 @@ class Settings(BaseSettings):
     )
 
     model_store: Path = Field(Path("models"), description="Root folder of the model store.")
-    model_name: str = Field("fashion-mnist", min_length=1, description="Which model of the store to serve.")
+    model_name: str = Field(
+        "fashion-mnist", min_length=1, description="The model /predict and /evaluate serve; always served."
+    )
+    models: str = Field(
+        "", description="Comma-separated names of the store's models to serve besides MODEL_NAME."
+    )
     model_version: int | None = Field(
-        None, ge=1, description="Pin this version instead of following current."
+        None, ge=1, description="Pin MODEL_NAME to this version instead of following its promoted one."
+    )
+    max_loaded_versions: int = Field(
+        3, ge=0, description="Versions asked for by number kept loaded besides the promoted ones (LRU)."
     )
     engine: Literal["auto", "onnx", "keras"] = Field(
         "auto", description="auto: ONNX when the version has it."
@@ -80,6 +88,21 @@ class Settings(BaseSettings):
         30.0, gt=0, description="Longest wait for a store read or a version load (hung file systems)."
     )
     fashion_mnist_dir: Path | None = Field(None, description="For /evaluate {'dataset': 'test'}.")
+
+    @property
+    def served_models(self) -> tuple[str, ...]:
+        """MODEL_NAME first, then the others of MODELS, each once."""
+        names = [self.model_name, *(name.strip() for name in self.models.split(",") if name.strip())]
+        return tuple(dict.fromkeys(names))
+
+    @field_validator("model_name", "models")
+    @classmethod
+    def _plain_names(cls, value: str) -> str:
+        for name in value.split(","):
+            name = name.strip()
+            if name.startswith(".") or "/" in name or "\\" in name:
+                raise ValueError(f"model names are plain folder names of the store, received {name!r}")
+        return value
 
     @field_validator("api_key")
     @classmethod

@@ -1,4 +1,4 @@
-"""Everything a route needs, as named dependencies; all of it lives on app.state, built by create_app.
+"""The dependencies routes share, as named aliases; what they return lives on app.state (create_app).
 
 They are all `async def`: FastAPI runs a plain `def` dependency in a worker thread, a hop that costs
 more than the whole inference of a one-image request.
@@ -12,9 +12,10 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from service.config import Settings
+from service.dataplane import DataPlane
 from service.decoding import Limits
-from service.errors import NotFound, NotReady, Unauthorized
-from service.loader import LoadedModel, ModelManager
+from service.errors import NotFound, Unauthorized
+from service.loader import LoadedModel
 
 
 async def get_settings(request: Request) -> Settings:
@@ -22,17 +23,15 @@ async def get_settings(request: Request) -> Settings:
     return settings
 
 
-async def get_manager(request: Request) -> ModelManager:
-    manager: ModelManager = request.app.state.manager
-    return manager
+async def get_dataplane(request: Request) -> DataPlane:
+    dataplane: DataPlane = request.app.state.dataplane
+    return dataplane
 
 
 async def get_model(request: Request) -> LoadedModel:
-    """The version serving this request, fixed when it starts, so a swap never changes it midway."""
-    model: LoadedModel | None = request.app.state.manager.current
-    if model is None:
-        raise NotReady("no model is loaded yet; see /health/ready")
-    return model
+    """The default model's version serving this request, fixed when it starts (a swap never changes it)."""
+    dataplane: DataPlane = request.app.state.dataplane
+    return dataplane.current()
 
 
 async def get_limits(request: Request) -> Limits:
@@ -61,6 +60,6 @@ async def require_admin(request: Request) -> None:
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
-ManagerDep = Annotated[ModelManager, Depends(get_manager)]
+DataPlaneDep = Annotated[DataPlane, Depends(get_dataplane)]
 ModelDep = Annotated[LoadedModel, Depends(get_model)]
 LimitsDep = Annotated[Limits, Depends(get_limits)]

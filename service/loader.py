@@ -16,8 +16,7 @@ import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
@@ -56,12 +55,11 @@ class Inference:
 
 @dataclass(frozen=True)
 class LoadedModel:
+    name: str  # the model's name in the store (and in every API)
     version: int
     metadata: ModelMetadata
     engine: Engine
-    directory: Path
     detector: OodDetector | None = None
-    loaded_at: float = field(default_factory=time.time)
 
     @property
     def class_names(self) -> list[str]:
@@ -100,7 +98,7 @@ def load_version(
     directory = store.version_dir(version)
     probe = load_probe(directory)
     engine = load_engine(directory, engine_kind, probe)
-    return LoadedModel(version, metadata, engine, directory, load_detector(directory, probe))
+    return LoadedModel(store.name, version, metadata, engine, load_detector(directory, probe))
 
 
 @dataclass(frozen=True)
@@ -124,9 +122,12 @@ class ModelManager:
     """Follows the store: loads, verifies and swaps versions. All store I/O runs in one thread of
     its own with a timeout, so a hung file system can neither block the event loop nor pile up threads."""
 
-    def __init__(self, settings: Settings, metrics: Metrics) -> None:
-        self.store = ModelStore(settings.model_store, settings.model_name)
-        self.pinned = settings.model_version
+    def __init__(self, settings: Settings, metrics: Metrics, name: str | None = None) -> None:
+        name = name or settings.model_name
+        self.store = ModelStore(settings.model_store, name)
+        self.name = name
+        # MODEL_VERSION pins the default model only.
+        self.pinned = settings.model_version if name == settings.model_name else None
         self.engine_kind: EngineKind = settings.engine
         self.metrics = metrics
         self.current: LoadedModel | None = None
@@ -171,9 +172,15 @@ class ModelManager:
                 loaded = await self.run_io(load_version, self.store, target, self.engine_kind, self.current)
             except (StoreError, EngineError, IncompatibleModel) as exc:
                 return self._failure(target, str(exc), fingerprint)
-            self.metrics.load_duration.observe(time.perf_counter() - started)
+            self.metrics.load_duration.labels(self.name).observe(time.perf_counter() - started)
             self._swap(loaded)
             return RefreshOutcome(loaded.version, True)
+
+    async def load(self, version: int) -> LoadedModel:
+        """Load and verify a version asked for by number, without serving it as the promoted one."""
+        loaded = await self.run_io(load_version, self.store, version, self.engine_kind, self.current)
+        self.metrics.reloads.labels(self.name, "success").inc()
+        return loaded
 
     def _due(self, version: int, fingerprint: Fingerprint) -> bool:
         """Whether to try a version: never failed, its files changed since, or its backoff is over."""
@@ -182,7 +189,7 @@ class ModelManager:
             return True
         if fingerprint == failure.fingerprint and time.monotonic() < failure.retry_at:
             return False
-        self.metrics.retries.inc()
+        self.metrics.retries.labels(self.name).inc()
         return True
 
     async def watch(self, interval_s: float) -> None:
@@ -195,10 +202,11 @@ class ModelManager:
         previous = self.current
         self.current = loaded
         self._failed.pop(loaded.version, None)
-        self.metrics.reloads.labels("success").inc()
-        self.metrics.model_info.clear()
-        self.metrics.model_info.labels(self.store.name, str(loaded.version), loaded.engine.kind).set(1)
-        self.metrics.last_swap.set(time.time())
+        self.metrics.reloads.labels(self.name, "success").inc()
+        if previous is not None:
+            self.metrics.model_info.remove(self.name, str(previous.version), previous.engine.kind)
+        self.metrics.model_info.labels(self.name, str(loaded.version), loaded.engine.kind).set(1)
+        self.metrics.last_swap.labels(self.name).set(time.time())
         logger.info(
             "serving version",
             extra={
@@ -215,7 +223,7 @@ class ModelManager:
             attempts = previous.attempts + 1 if previous else 1
             delay = min(RETRY_MAX_S, self.retry_base_s * 2 ** (attempts - 1))
             self._failed[version] = _Failure(reason, fingerprint, attempts, time.monotonic() + delay)
-        self.metrics.reloads.labels("failure").inc()
+        self.metrics.reloads.labels(self.name, "failure").inc()
         served = self.current.version if self.current else None
         logger.error("version not served", extra={"version": version, "reason": reason, "serving": served})
         return RefreshOutcome(served, False, reason)

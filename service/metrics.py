@@ -71,19 +71,23 @@ class Metrics:
         self.inference_latency = Histogram(
             "model_inference_duration_seconds",
             "Engine call latency per batch.",
+            ["model"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.batch_size = Histogram(
-            "model_batch_size_images", "Images per engine call.", buckets=BATCH_BUCKETS, registry=r
+            "model_batch_size_images", "Images per engine call.", ["model"], buckets=BATCH_BUCKETS, registry=r
         )
         self.queue_time = Histogram(
             "model_queue_duration_seconds",
             "Time a request waits before its batch runs.",
+            ["model"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        self.queue_depth = Gauge("model_queue_images", "Images waiting for the engine.", registry=r)
+        self.queue_depth = Gauge(
+            "model_queue_images", "Images waiting for the engine.", ["model"], registry=r
+        )
         self.rejected = Counter(
             "model_rejected_requests",
             "Requests refused by the inference path: queue full, timed out, evaluations busy.",
@@ -97,7 +101,7 @@ class Metrics:
             registry=r,
         )
         self.predictions = Counter(
-            "model_predictions", "Predicted images by class.", ["class_name"], registry=r
+            "model_predictions", "Predicted images by class.", ["model", "class_name"], registry=r
         )
         self.confidence = BatchHistogram(
             "model_prediction_confidence",
@@ -118,17 +122,22 @@ class Metrics:
         self.load_duration = Histogram(
             "model_load_duration_seconds",
             "Time to load and verify a version.",
+            ["model"],
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
             registry=r,
         )
-        self.reloads = Counter("model_reloads", "Version loads by outcome.", ["outcome"], registry=r)
+        self.reloads = Counter("model_reloads", "Version loads by outcome.", ["model", "outcome"], registry=r)
         self.retries = Counter(
             "model_reload_retries",
             "Loads of a version that had failed before (changed or backed off).",
+            ["model"],
             registry=r,
         )
         self.last_swap = Gauge(
-            "model_last_swap_timestamp_seconds", "Unix time the served version last changed.", registry=r
+            "model_last_swap_timestamp_seconds",
+            "Unix time the served version last changed.",
+            ["model"],
+            registry=r,
         )
 
     def observe_predictions(
@@ -137,7 +146,7 @@ class Metrics:
         """One engine batch: predicted classes, confidences and OOD flags."""
         counts = np.bincount(probabilities.argmax(axis=1), minlength=len(class_names))
         for class_id in np.flatnonzero(counts):
-            self.predictions.labels(class_names[class_id]).inc(int(counts[class_id]))
+            self.predictions.labels(model, class_names[class_id]).inc(int(counts[class_id]))
         self.confidence.observe_many(model, probabilities.max(axis=1))
         if ood_flags is not None:
             self.ood.labels(model).inc(int(np.count_nonzero(ood_flags)))

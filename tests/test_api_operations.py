@@ -129,7 +129,16 @@ def test_model_metadata(client: TestClient) -> None:
     assert body["version"] == 1 and body["engine"] == "onnx"
     assert body["class_names"][0] == "T-shirt/top"
     assert body["validation"]["accuracy"] > 0.9 and "created_at" in body
-    assert client.get("/models/current").json() == body
+    listing = client.get("/models").json()["models"]
+    assert listing == [
+        {
+            "name": "fashion-mnist",
+            "default": True,
+            "version": 1,
+            "loaded_versions": [1],
+            "class_names": body["class_names"],
+        }
+    ]
 
 
 def test_metrics_parse_and_move_with_traffic(client: TestClient) -> None:
@@ -141,12 +150,13 @@ def test_metrics_parse_and_move_with_traffic(client: TestClient) -> None:
     bad = ("http_requests_total", (("method", "POST"), ("route", "/predict"), ("status", "422")))
     assert after[ok] == before.get(ok, 0) + 1
     assert after[bad] == before.get(bad, 0) + 1
-    sneaker = ("model_predictions_total", (("class_name", "Sneaker"),))
+    sneaker = ("model_predictions_total", (("class_name", "Sneaker"), ("model", "fashion-mnist")))
     assert after[sneaker] == before.get(sneaker, 0) + 2
-    assert after[("model_batch_size_images_count", ())] > before.get(("model_batch_size_images_count", ()), 0)
+    batches = ("model_batch_size_images_count", (("model", "fashion-mnist"),))
+    assert after[batches] > before.get(batches, 0)
     assert after[("model_info", (("engine", "onnx"), ("name", "fashion-mnist"), ("version", "1")))] == 1
     assert ("http_request_duration_seconds_count", (("route", "/predict"),)) in after
-    assert ("model_reloads_total", (("outcome", "success"),)) in after
+    assert ("model_reloads_total", (("model", "fashion-mnist"), ("outcome", "success"))) in after
     # What clients send, for dashboards: confidence per prediction and OOD flags.
     confidence = ("model_prediction_confidence_count", (("model", "fashion-mnist"),))
     assert after[confidence] == before.get(confidence, 0) + 3

@@ -51,7 +51,12 @@ def test_concurrent_requests_each_get_their_own_rows(model: LoadedModel) -> None
 
     async def run() -> list[Inference]:
         batcher = MicroBatcher(
-            metrics, max_batch_images=64, max_queue_images=10_000, timeout_s=10, inline_max_images=16
+            metrics,
+            model="fashion-mnist",
+            max_batch_images=64,
+            max_queue_images=10_000,
+            timeout_s=10,
+            inline_max_images=16,
         )
         batcher.start()
         try:
@@ -75,7 +80,12 @@ def test_concurrent_requests_each_get_their_own_rows(model: LoadedModel) -> None
 def test_an_idle_engine_runs_a_lone_request_at_once(model: LoadedModel) -> None:
     async def run() -> float:
         batcher = MicroBatcher(
-            Metrics(), max_batch_images=64, max_queue_images=100, timeout_s=10, inline_max_images=16
+            Metrics(),
+            model="fashion-mnist",
+            max_batch_images=64,
+            max_queue_images=100,
+            timeout_s=10,
+            inline_max_images=16,
         )
         batcher.start()
         loop = asyncio.get_running_loop()
@@ -92,7 +102,12 @@ def test_different_versions_never_share_a_batch(model: LoadedModel) -> None:
 
     async def run() -> list[Inference]:
         batcher = MicroBatcher(
-            Metrics(), max_batch_images=64, max_queue_images=100, timeout_s=10, inline_max_images=64
+            Metrics(),
+            model="fashion-mnist",
+            max_batch_images=64,
+            max_queue_images=100,
+            timeout_s=10,
+            inline_max_images=64,
         )
         batcher.start()
         zeros = np.zeros((1, 28, 28), np.float32)
@@ -112,7 +127,7 @@ def test_different_versions_never_share_a_batch(model: LoadedModel) -> None:
 def gated(store: Path, **overrides: object) -> Iterator[tuple[TestClient, GatedEngine]]:
     """A client whose engine runs in a thread and waits at a gate the test opens."""
     for client in make_client(store, inline_max_images=0, **overrides):
-        manager = client.app.state.manager  # type: ignore[attr-defined]
+        manager = client.app.state.dataplane.managers["fashion-mnist"]  # type: ignore[attr-defined]
         engine = GatedEngine(manager.current.engine)
         manager.current = dataclasses.replace(manager.current, engine=engine)
         yield client, engine
@@ -136,7 +151,7 @@ def test_a_full_queue_is_503_with_retry_after_at_once(gated_client: tuple[TestCl
         running = pool.submit(client.post, "/predict", json=one)
         assert gated.started.wait(10)
         queued = pool.submit(client.post, "/predict", json=two)
-        wait_until(lambda: "model_queue_images 2.0" in client.get("/metrics").text)
+        wait_until(lambda: 'model_queue_images{model="fashion-mnist"} 2.0' in client.get("/metrics").text)
         refused = client.post("/predict", json=one)
         assert refused.status_code == 503
         assert refused.json()["error"]["code"] == "overloaded"

@@ -363,9 +363,10 @@ def test_evaluations_beyond_the_limit_get_503_before_their_body_is_read(server: 
 def test_a_fifo_in_place_of_current_json_blocks_nothing(store_copy: Path, tmp_path: Path) -> None:
     with serving(store_copy, tmp_path / "log", POLL_INTERVAL_S="0.1") as following:
         pointer = store_copy / "fashion-mnist" / "current.json"
-        failures = following.metric('model_reloads_total{outcome="failure"}')
+        failed = 'model_reloads_total{model="fashion-mnist",outcome="failure"}'
+        failures = following.metric(failed)
         pointer.unlink()
         os.mkfifo(pointer)  # opening it for reading would wait for a writer forever
-        wait_until(lambda: following.metric('model_reloads_total{outcome="failure"}') > failures + 2)
+        wait_until(lambda: following.metric(failed) > failures + 2)
         assert httpx.get(f"{following.url}/health", timeout=2).status_code == 200
         assert following.predict() == 200  # the served version keeps serving

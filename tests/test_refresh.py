@@ -37,7 +37,7 @@ def served(client: TestClient) -> int:
 
 def reloads(client: TestClient, outcome: str) -> float:
     for line in client.get("/metrics").text.splitlines():
-        if line.startswith(f'model_reloads_total{{outcome="{outcome}"}}'):
+        if line.startswith(f'model_reloads_total{{model="fashion-mnist",outcome="{outcome}"}}'):
             return float(line.split()[-1])
     return 0.0
 
@@ -118,7 +118,7 @@ def test_admin_reload_swaps_at_once_and_versions_lists_the_store(store_copy: Pat
 
 def retries(client: TestClient) -> float:
     for line in client.get("/metrics").text.splitlines():
-        if line.startswith("model_reload_retries_total "):
+        if line.startswith('model_reload_retries_total{model="fashion-mnist"} '):
             return float(line.split()[-1])
     return 0.0
 

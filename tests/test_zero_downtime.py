@@ -163,7 +163,7 @@ def test_versions_switch_under_load_without_a_failed_request(
 
 def _reload_failures(base_url: str) -> float:
     for line in httpx.get(f"{base_url}/metrics").text.splitlines():
-        if line.startswith('model_reloads_total{outcome="failure"}'):
+        if line.startswith('model_reloads_total{model="fashion-mnist",outcome="failure"}'):
             return float(line.split()[-1])
     return 0.0
 

@@ -7,7 +7,8 @@ from typing import Any
 from fastapi import APIRouter, Depends
 
 from core.store import StoreError
-from service.deps import ManagerDep, require_admin
+from service.deps import DataPlaneDep, require_admin
+from service.loader import ModelManager
 from service.schemas import error_responses
 
 router = APIRouter(
@@ -18,14 +19,21 @@ router = APIRouter(
 )
 
 
-@router.post("/reload", summary="Check the store now and swap to its current version if it passes")
-async def reload(manager: ManagerDep) -> dict[str, Any]:
+@router.post("/reload", summary="Check the store now and swap to the promoted version if it passes")
+async def reload(dataplane: DataPlaneDep, model: str | None = None) -> dict[str, Any]:
+    manager = dataplane.manager(model or dataplane.default_name)
     outcome = await manager.refresh(force=True)
     return {"served_version": outcome.served, "changed": outcome.changed, "error": outcome.error}
 
 
-@router.get("/versions", summary="Versions in the store with their metrics; which is current and served")
-async def versions(manager: ManagerDep) -> dict[str, Any]:
+@router.get("/versions", summary="Versions in the store with their metrics; which is promoted and served")
+async def versions(dataplane: DataPlaneDep, model: str | None = None) -> dict[str, Any]:
+    manager = dataplane.manager(model or dataplane.default_name)
+    return await manager.run_io(_version_table, manager)
+
+
+def _version_table(manager: ModelManager) -> dict[str, Any]:
+    """Reads the store: runs in the store thread."""
     store = manager.store
     served = manager.current.version if manager.current else None
     rows = []

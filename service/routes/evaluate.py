@@ -21,9 +21,9 @@ from starlette.responses import Response
 from core.datasets import FASHION_MNIST_CLASSES, Split, load_fashion_mnist_test
 from core.evaluation import evaluate_probabilities, reliability_bins
 from core.preprocessing import InvertMode
-from service.batching import MicroBatcher
+from service.dataplane import DataPlane
 from service.decoding import decode_request
-from service.deps import LimitsDep, ModelDep, SettingsDep, require_api_key
+from service.deps import DataPlaneDep, LimitsDep, ModelDep, SettingsDep, require_api_key
 from service.errors import InvalidRequest, Overloaded, brief
 from service.loader import Inference, LoadedModel
 from service.schemas import EvaluateRequest, EvaluateResponse, error_responses, image_body_doc
@@ -62,6 +62,7 @@ class TestSet:
 async def evaluate(
     request: Request,
     model: ModelDep,
+    dataplane: DataPlaneDep,
     limits: LimitsDep,
     settings: SettingsDep,
     invert: InvertMode = Query("auto"),
@@ -83,11 +84,11 @@ async def evaluate(
             json_fields=JSON_FIELDS,
         )
         split = await _labelled_split(state.test_set, model, decoded.images, decoded.fields)
-        inference = await _predict_in_batches(state.batcher, model, split.images, decoded.deadline)
+        inference = await _predict_in_batches(dataplane, model, split.images, decoded.deadline)
     metrics, matrix = evaluate_probabilities(inference.probabilities, split.labels, model.class_names)
     flags = inference.ood_flags
     body = {
-        "model": {"name": model.metadata.name, "version": model.version},
+        "model": {"name": model.name, "version": model.version},
         **metrics.model_dump(),
         "reliability": [b.model_dump() for b in reliability_bins(inference.probabilities, split.labels)],
         "ood_flagged": float(flags.mean()) if flags is not None else None,
@@ -119,12 +120,12 @@ async def _labelled_split(
 
 
 async def _predict_in_batches(
-    batcher: MicroBatcher, model: LoadedModel, images: np.ndarray, deadline: float
+    dataplane: DataPlane, model: LoadedModel, images: np.ndarray, deadline: float
 ) -> Inference:
     """One batcher job per MAX_BATCH_IMAGES images, one after another, so other requests interleave."""
-    size = batcher.max_batch_images
+    size = dataplane.batchers[model.name].max_batch_images
     parts = [
-        await batcher.predict(model, images[i : i + size], deadline) for i in range(0, len(images), size)
+        await dataplane.infer(model, images[i : i + size], deadline) for i in range(0, len(images), size)
     ]
     return Inference(
         np.concatenate([p.probabilities for p in parts]),

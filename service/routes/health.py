@@ -7,7 +7,7 @@ from fastapi import APIRouter, Request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import Response
 
-from service.deps import ManagerDep
+from service.deps import DataPlaneDep
 from service.errors import NotReady
 from service.schemas import Ready, error_responses
 
@@ -22,15 +22,20 @@ async def health() -> dict[str, str]:
 @router.api_route(
     "/health/ready",
     methods=["GET", "HEAD"],
-    summary="Readiness: 200 once a model is loaded and warmed up",
+    summary="Readiness: 200 once every served model has a version loaded and warmed up",
     response_model=Ready,
     responses=error_responses(503),
 )
-async def ready(manager: ManagerDep) -> dict[str, object]:
-    model = manager.current
-    if model is None:
-        raise NotReady("no model is loaded yet")
-    return {"status": "ready", "model": {"name": manager.store.name, "version": model.version}}
+async def ready(dataplane: DataPlaneDep) -> dict[str, object]:
+    waiting = [name for name, manager in dataplane.managers.items() if manager.current is None]
+    if waiting:
+        raise NotReady(f"no version loaded yet for {', '.join(waiting)}")
+    served = [dataplane.current(name) for name in dataplane.managers]
+    return {
+        "status": "ready",
+        "model": {"name": served[0].name, "version": served[0].version},
+        "models": [{"name": model.name, "version": model.version} for model in served],
+    }
 
 
 @router.api_route("/metrics", methods=["GET", "HEAD"], summary="Prometheus metrics", response_class=Response)

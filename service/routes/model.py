@@ -1,4 +1,4 @@
-"""The served version's metadata."""
+"""The served models and their versions' metadata."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from service.deps import ModelDep
+from service.deps import DataPlaneDep, ModelDep
 from service.loader import LoadedModel
 from service.schemas import error_responses
 
@@ -20,9 +20,25 @@ PRIVATE_TRAINING_KEYS = frozenset({"dataset_source"})
     summary="Metadata of the served version",
     responses=error_responses(503),
 )
-@router.get("/models/current", include_in_schema=False)
-async def current_model(model: ModelDep) -> dict[str, Any]:
+async def default_model(model: ModelDep) -> dict[str, Any]:
     return {"engine": model.engine.kind, **public_metadata(model)}
+
+
+@router.get("/models", summary="The served models: name, served version, loaded versions, classes")
+async def served_models(dataplane: DataPlaneDep) -> dict[str, Any]:
+    rows = []
+    for name, manager in dataplane.managers.items():
+        model = manager.current
+        rows.append(
+            {
+                "name": name,
+                "default": name == dataplane.default_name,
+                "version": model.version if model else None,
+                "loaded_versions": dataplane.loaded_versions(name),
+                "class_names": model.class_names if model else None,
+            }
+        )
+    return {"models": rows}
 
 
 def public_metadata(model: LoadedModel) -> dict[str, Any]:

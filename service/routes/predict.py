@@ -14,8 +14,9 @@ from PIL import Image
 from starlette.responses import Response
 
 from core.preprocessing import InvertMode
+from service.dataplane import DataPlane
 from service.decoding import decode_request, inline_or_pooled
-from service.deps import get_model, require_api_key
+from service.deps import require_api_key
 from service.errors import InvalidRequest, brief
 from service.loader import Inference, LoadedModel
 from service.schemas import PredictRequest, PredictResponse, error_responses, image_body_doc
@@ -70,17 +71,17 @@ async def predict(request: Request) -> Response:
     # The hot path: no dependency injection or parameter models, which cost more per request than a
     # one-image inference. The same dependency functions are called directly instead.
     await require_api_key(request)
-    model = await get_model(request)
     state = request.app.state
-    batcher = state.batcher
-    batcher.check_capacity()
+    dataplane: DataPlane = state.dataplane
+    model = dataplane.current()
+    dataplane.check_capacity(model.name)
     options = query_options(request)
     decoded = await decode_request(
         request, state.limits, options.invert, state.decode_pool, timeout_s=state.settings.request_timeout_s
     )
     if not len(decoded.images):
         raise InvalidRequest("instances is required", code="missing_instances")
-    inference = await batcher.predict(model, decoded.images, decoded.deadline)
+    inference = await dataplane.infer(model, decoded.images, decoded.deadline)
     body = prediction_body(model, inference, options.top_k)
     if options.include_input:
         images = decoded.images
@@ -165,7 +166,7 @@ def prediction_body(model: LoadedModel, inference: Inference, top_k: int | None)
                 {"class_id": i, "class_name": names[i], "probability": row[i]} for i in ids
             ]
     return {
-        "model": {"name": model.metadata.name, "version": model.version},
+        "model": {"name": model.name, "version": model.version},
         "class_names": names,
         "predictions": predictions,
     }
