@@ -185,7 +185,7 @@ def decode_json(
     body: bytes, max_instances: int, allowed_fields: frozenset[str] = frozenset()
 ) -> tuple[np.ndarray, dict[str, Any]]:
     if len(body) > INLINE_BODY_BYTES:  # a small body cannot expand to much
-        _check_json_structure(body, max_instances)
+        check_json_structure(body, max_instances)
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -211,7 +211,7 @@ def decode_json(
     return pixels_from_json(instances), fields
 
 
-def _check_json_structure(body: bytes, max_instances: int) -> None:
+def check_json_structure(body: bytes, max_instances: int) -> None:
     """Refuse, before parsing, a document larger in structure than max_instances images need.
 
     Parsed JSON takes up to ~40 times its size in Python objects: an object costs 64 bytes for the

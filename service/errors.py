@@ -36,8 +36,9 @@ class ApiError(Exception):
             self.code = code
         self.headers = headers or {}
 
-    def response(self) -> Response:
-        return error_response(self.status, self.code, self.message, self.headers)
+    def response(self, path: str = "") -> Response:
+        """The error in the shape of the protocol that `path` belongs to."""
+        return response_for(path, self.status, self.code, self.message, self.headers)
 
 
 class BadRequest(ApiError):
@@ -107,10 +108,32 @@ def error_response(status: int, code: str, message: str, headers: dict[str, str]
     return Response(body, status_code=status, headers=headers, media_type="application/json")
 
 
+# The standard protocols' own error shape: {"error": "message"}, and 400 (not 422) for bad input,
+# as TF Serving, Triton and KServe answer.
+STANDARD_PROTOCOL_PREFIXES = ("/v1/", "/v2")
+
+
+def respond(
+    request: Request, status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> Response:
+    """The error response in the shape of the protocol the request used."""
+    return response_for(request.url.path, status, code, message, headers)
+
+
+def response_for(
+    path: str, status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> Response:
+    if path.startswith(STANDARD_PROTOCOL_PREFIXES):
+        status = 400 if status == 422 else status
+        body = orjson.dumps({"error": message})
+        return Response(body, status_code=status, headers=headers, media_type="application/json")
+    return error_response(status, code, message, headers)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
-    async def api_error(_: Request, exc: ApiError) -> Response:
-        return exc.response()
+    async def api_error(request: Request, exc: ApiError) -> Response:
+        return exc.response(request.url.path)
 
     @app.exception_handler(ClientDisconnect)
     async def client_closed(_: Request, exc: ClientDisconnect) -> Response:
@@ -118,35 +141,36 @@ def install_error_handlers(app: FastAPI) -> None:
         return Response(status_code=CLIENT_CLOSED_REQUEST)
 
     @app.exception_handler(InvalidInput)
-    async def invalid_input(_: Request, exc: InvalidInput) -> Response:
+    async def invalid_input(request: Request, exc: InvalidInput) -> Response:
         # Too many pixels is about size, like an oversized body; a format other than the declared
         # Content-Type is a media-type problem; the rest is unprocessable content.
         status = (
             413 if isinstance(exc, ImageTooLarge) else 415 if isinstance(exc, ImageFormatMismatch) else 422
         )
-        return error_response(status, exc.code, str(exc))
+        return respond(request, status, exc.code, str(exc))
 
     @app.exception_handler(DatasetError)
-    async def dataset_error(_: Request, exc: DatasetError) -> Response:
+    async def dataset_error(request: Request, exc: DatasetError) -> Response:
         # The messages name server paths: they go to the log, the client gets a fixed text.
         if isinstance(exc, DatasetNotFound):
             logger.warning("dataset not found: %s", exc)
-            return error_response(404, "dataset_not_found", "the test set is not installed on this server")
+            return respond(request, 404, "dataset_not_found", "the test set is not installed on this server")
         logger.error("dataset unreadable: %s", exc)
-        return error_response(500, "dataset_error", "the test set on this server cannot be read")
+        return respond(request, 500, "dataset_error", "the test set on this server cannot be read")
 
     @app.exception_handler(RequestValidationError)
-    async def validation_error(_: Request, exc: RequestValidationError) -> Response:
+    async def validation_error(request: Request, exc: RequestValidationError) -> Response:
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(part) for part in first.get("loc", ()))
-        return error_response(422, "invalid_request", f"{where}: {first.get('msg', 'invalid request')}")
+        message = f"{where}: {first.get('msg', 'invalid request')}"
+        return respond(request, 422, "invalid_request", message)
 
     @app.exception_handler(HTTPException)
-    async def http_error(_: Request, exc: HTTPException) -> Response:
+    async def http_error(request: Request, exc: HTTPException) -> Response:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return error_response(exc.status_code, code, str(exc.detail), dict(exc.headers or {}))
+        return respond(request, exc.status_code, code, str(exc.detail), dict(exc.headers or {}))
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> Response:
         logger.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(500, "internal_error", "internal server error")
+        return respond(request, 500, "internal_error", "internal server error")

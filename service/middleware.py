@@ -125,7 +125,7 @@ class BodyGuardMiddleware:
         if declared and self.in_use and self.in_use + declared > self.budget_bytes:
             refusal = self._overloaded()
             refusal.headers["Connection"] = "close"  # the body is never read
-            await refusal.response()(scope, receive, send)
+            await refusal.response(scope.get("path", ""))(scope, receive, send)
             return
         held = 0
         complete = False

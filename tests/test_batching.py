@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import shutil
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -190,3 +191,19 @@ def test_bodies_beyond_the_memory_budget_are_refused_before_reading(
         gated.gate.set()
         assert held.result().status_code == 200
     assert client.post("/predict", json=body).status_code == 200
+
+
+def test_a_busy_model_does_not_hold_up_another(tiny_store: Path, tmp_path: Path) -> None:
+    store = Path(shutil.copytree(tiny_store, tmp_path / "store"))
+    shutil.copytree(store / "fashion-mnist", store / "other")
+    for client, engine in gated(store, models="other", max_queue_images=100):
+        one = {"inputs": [{"name": "pixels", "shape": [1, 784], "datatype": "UINT8", "data": [0] * 784}]}
+        with ThreadPoolExecutor(2) as pool:
+            busy = pool.submit(client.post, "/v2/models/fashion-mnist/infer", json=one)
+            assert engine.started.wait(10)  # the default model's engine is held
+            queued = pool.submit(client.post, "/v2/models/fashion-mnist/infer", json=one)
+            other = client.post("/v2/models/other/infer", json=one)  # its own batcher and engine
+            assert other.status_code == 200 and other.json()["model_name"] == "other"
+            assert not busy.done() and not queued.done()
+            engine.gate.set()
+            assert busy.result().status_code == queued.result().status_code == 200

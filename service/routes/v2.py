@@ -1,0 +1,97 @@
+"""The Open Inference Protocol v2 (KServe V2, Triton's HTTP API): a thin adapter over the data plane.
+
+Decoding and encoding are service/oip.py's; model lookup, batching and metrics are the data plane's.
+Errors are {"error": "message"} (service/errors.py). tritonclient sends binary inputs with no
+Content-Type, so the infer route reads the raw body itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from starlette.responses import Response
+
+from service import oip
+from service.dataplane import DataPlane
+from service.decoding import INLINE_BODY_BYTES, check_json_structure, inline_or_pooled, read_body
+from service.deps import DataPlaneDep, require_api_key
+from service.errors import NotReady
+
+router = APIRouter(prefix="/v2", tags=["open inference protocol v2"])
+SERVER = {
+    "name": "fashion-serving",
+    "version": "0.1.0",
+    "extensions": ["binary_tensor_data", "classification"],
+}
+
+
+@router.get("/health/live", summary="Live: 200 while the process works")
+async def live() -> dict[str, bool]:
+    return {"live": True}
+
+
+@router.get("/health/ready", summary="Ready: 200 once every served model has a version loaded")
+async def ready(dataplane: DataPlaneDep) -> dict[str, bool]:
+    if not dataplane.ready:
+        raise NotReady("not every served model has a version loaded yet")
+    return {"ready": True}
+
+
+@router.get("", summary="Server metadata and the protocol extensions it supports")
+async def server_metadata() -> dict[str, Any]:
+    return SERVER
+
+
+@router.get("/models/{name}", summary="Model metadata (the served version)")
+@router.get("/models/{name}/versions/{version}", summary="Model metadata of a version")
+async def model_metadata(dataplane: DataPlaneDep, name: str, version: int | None = None) -> dict[str, Any]:
+    model = await dataplane.model(name, version)
+    versions = await dataplane.managers[model.name].run_io(dataplane.managers[model.name].store.versions)
+    return oip.model_metadata(model, versions)
+
+
+@router.get("/models/{name}/ready", summary="Whether the model's served version is ready")
+@router.get("/models/{name}/versions/{version}/ready", summary="Whether a version is ready (loads it)")
+async def model_ready(dataplane: DataPlaneDep, name: str, version: int | None = None) -> dict[str, Any]:
+    model = await dataplane.model(name, version)
+    return {"name": model.name, "ready": True}
+
+
+@router.post(
+    "/models/{name}/infer", summary="Inference on the served version", dependencies=[Depends(require_api_key)]
+)
+@router.post(
+    "/models/{name}/versions/{version}/infer",
+    summary="Inference on a version",
+    dependencies=[Depends(require_api_key)],
+)
+async def infer(request: Request, name: str, version: int | None = None) -> Response:
+    state = request.app.state
+    dataplane: DataPlane = state.dataplane
+    dataplane.check_capacity(name)
+    model = await dataplane.model(name, version)
+    limits = state.limits
+    body = await read_body(request, limits.max_body_bytes)
+    # As for /predict: the request timeout runs from the moment the whole body has arrived.
+    deadline = asyncio.get_running_loop().time() + state.settings.request_timeout_s
+    header_length = request.headers.get(oip.HEADER_LENGTH)
+    json_only = header_length is None
+    max_images = limits.max_instances if json_only else limits.max_bulk_instances
+
+    def decode(_: object) -> oip.InferRequest:
+        if json_only and len(body) > INLINE_BODY_BYTES:
+            check_json_structure(body, limits.max_instances)
+        return oip.parse_infer(body, header_length, model, max_images)
+
+    parsed = await inline_or_pooled(decode, len(body) <= INLINE_BODY_BYTES, state.decode_pool, deadline)
+    inference = await dataplane.infer(model, parsed.images, deadline)
+    content, json_length = oip.encode_infer(model, parsed, inference)
+    if json_length is None:
+        return Response(content, media_type="application/json")
+    return Response(
+        content,
+        media_type="application/octet-stream",
+        headers={"Inference-Header-Content-Length": str(json_length)},
+    )
