@@ -14,7 +14,7 @@ from service.decoding import DecodePool, Limits
 from service.errors import install_error_handlers
 from service.metrics import Metrics
 from service.middleware import BodyGuardMiddleware, ObservabilityMiddleware
-from service.routes import admin, evaluate, health, model, predict, v2
+from service.routes import admin, evaluate, health, model, predict, v1, v2
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -50,7 +50,8 @@ def create_app(settings: Settings) -> FastAPI:
         max_request_pixels=settings.max_request_pixels,
     )
     install_error_handlers(app)
-    for router in (predict.router, evaluate.router, health.router, model.router, admin.router, v2.router):
+    routers = (predict, evaluate, health, model, admin, v1, v2)
+    for router in (module.router for module in routers):
         app.include_router(router)
     app.add_middleware(
         BodyGuardMiddleware,

@@ -19,7 +19,7 @@ import io
 import math
 import threading
 import tokenize
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -380,6 +380,11 @@ def open_uploads(
         ]
         fields = {part.name: part.data.decode("utf-8", "replace") for part in parts if not part.is_file}
         check_count(len(files), limits.max_instances)
+    return open_images(files, limits), fields
+
+
+def open_images(files: Sequence[tuple[str | None, bytes, str | None]], limits: Limits) -> list[_Upload]:
+    """(name, bytes, declared format) images opened (headers only), each and all together size-checked."""
     uploads, total = [], 0
     for name, data, declared_format in files:
         # A part declared as a specific image type must hold that type; octet-stream or none means "any".
@@ -392,7 +397,7 @@ def open_uploads(
                 "send fewer or smaller images per request"
             )
         uploads.append(_Upload(name, image))
-    return uploads, fields
+    return uploads
 
 
 def convert_uploads(

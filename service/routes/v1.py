@@ -1,0 +1,105 @@
+"""TF Serving's REST API (= KServe V1, /v1): a thin adapter over the data plane.
+
+`POST /v1/models/{name}[/versions/{v}]:predict` and `:classify`, model status and metadata.
+Decoding and encoding are service/tfserving.py's; b64 images go through the upload conversion in the
+decode pool. Errors are {"error": "message"} (service/errors.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import numpy as np
+import orjson
+from fastapi import APIRouter, Depends, Request
+from starlette.responses import Response
+
+from service import tfserving
+from service.dataplane import DataPlane
+from service.decoding import (
+    INLINE_BODY_BYTES,
+    check_json_structure,
+    convert_uploads,
+    inline_or_pooled,
+    open_images,
+    read_body,
+)
+from service.deps import DataPlaneDep, require_api_key
+from service.errors import BadRequest, NotFound
+
+router = APIRouter(prefix="/v1/models", tags=["TF Serving REST (KServe V1)"])
+VERBS = {"predict": "instances", "classify": "examples"}
+
+
+@router.get("/{name}", summary="Version status of the served version")
+@router.get("/{name}/versions/{version}", summary="Status of a version (loads it)")
+async def status(dataplane: DataPlaneDep, name: str, version: int | None = None) -> dict[str, Any]:
+    model = await dataplane.model(name, version)
+    return tfserving.version_status(model.version)
+
+
+@router.get("/{name}/metadata", summary="Signature of the served version")
+@router.get("/{name}/versions/{version}/metadata", summary="Signature of a version")
+async def metadata(dataplane: DataPlaneDep, name: str, version: int | None = None) -> dict[str, Any]:
+    return tfserving.metadata(await dataplane.model(name, version))
+
+
+@router.post("/{target}", summary="name:predict or name:classify", dependencies=[Depends(require_api_key)])
+async def run_served(request: Request, target: str) -> Response:
+    name, verb = _split(target)
+    return await _run(request, name, None, verb)
+
+
+@router.post(
+    "/{name}/versions/{target}",
+    summary="version:predict or version:classify",
+    dependencies=[Depends(require_api_key)],
+)
+async def run_version(request: Request, name: str, target: str) -> Response:
+    version, verb = _split(target)
+    if not (version.isascii() and version.isdigit() and len(version) <= 9):
+        raise NotFound(f"version {version!r} is not a version number")
+    return await _run(request, name, int(version), verb)
+
+
+def _split(target: str) -> tuple[str, str]:
+    head, _, verb = target.rpartition(":")
+    if not head or verb not in VERBS:
+        raise NotFound(f"unknown method {target!r}: use :predict or :classify")
+    return head, verb
+
+
+async def _run(request: Request, name: str, version: int | None, verb: str) -> Response:
+    state = request.app.state
+    dataplane: DataPlane = state.dataplane
+    dataplane.check_capacity(name)
+    model = await dataplane.model(name, version)
+    limits = state.limits
+    body = await read_body(request, limits.max_body_bytes)
+    deadline = asyncio.get_running_loop().time() + state.settings.request_timeout_s
+
+    def parse(_: object) -> tfserving.V1Request:
+        if len(body) > INLINE_BODY_BYTES:
+            check_json_structure(body, limits.max_instances)
+        try:
+            document = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise BadRequest(f"the body is not valid JSON ({exc})") from exc
+        return tfserving.parse_request(document, VERBS[verb], limits.max_instances)
+
+    parsed = await inline_or_pooled(parse, len(body) <= INLINE_BODY_BYTES, state.decode_pool, deadline)
+    images = parsed.pixels
+    if parsed.images is not None:
+        files = [(f"instance {i}", data, None) for i, data in enumerate(parsed.images)]
+        images = await state.decode_pool.run(
+            lambda cancelled: convert_uploads(open_images(files, limits), "auto", cancelled), deadline
+        )
+    assert images is not None
+    inference = await dataplane.infer(model, np.asarray(images), deadline)
+    answer = (
+        tfserving.predictions(model, inference, parsed.row_format)
+        if verb == "predict"
+        else tfserving.classification(model, inference)
+    )
+    return Response(orjson.dumps(answer), media_type="application/json")
