@@ -142,6 +142,15 @@ class CurrentPointer(BaseModel):
     reason: str = ""
 
 
+def model_names(root: Path | str) -> list[str]:
+    """The models of a store root: its plain-named folders."""
+    try:
+        entries = list(os.scandir(root))
+    except OSError:
+        return []
+    return sorted(e.name for e in entries if not e.name.startswith(".") and e.is_dir(follow_symlinks=False))
+
+
 class ModelStore:
     """One model name inside a store root: its versions and which one is current."""
 

@@ -27,7 +27,7 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.dataplane, app.state.decode_pool = dataplane, decode_pool
         app.state.evaluations = asyncio.Semaphore(settings.max_evaluations)
         app.state.test_set = evaluate.TestSet(settings.fashion_mnist_dir)
-        dataplane.start(settings.poll_interval_s)
+        dataplane.start()
         try:
             yield
         finally:
@@ -53,6 +53,7 @@ def create_app(settings: Settings) -> FastAPI:
     routers = (predict, evaluate, health, model, admin, v1, v2)
     for router in (module.router for module in routers):
         app.include_router(router)
+    app.include_router(v2.repository)
     app.add_middleware(
         BodyGuardMiddleware,
         budget_bytes=settings.max_inflight_body_bytes,

@@ -32,41 +32,57 @@ VersionKey = tuple[str, int]
 
 class DataPlane:
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
         self.default_name = settings.model_name
-        self.managers = {name: ModelManager(settings, metrics, name) for name in settings.served_models}
-        self.batchers = {
-            name: MicroBatcher(
-                metrics,
-                model=name,
-                max_batch_images=settings.max_batch_images,
-                max_queue_images=settings.max_queue_images,
-                timeout_s=settings.request_timeout_s,
-                inline_max_images=settings.inline_max_images,
-            )
-            for name in self.managers
-        }
+        self.managers: dict[str, ModelManager] = {}
+        self.batchers: dict[str, MicroBatcher] = {}
         self.max_loaded_versions = settings.max_loaded_versions
         self._explicit: OrderedDict[VersionKey, LoadedModel] = OrderedDict()
         self._loading: dict[VersionKey, asyncio.Task[LoadedModel]] = {}
-        self._watchers: list[asyncio.Task[None]] = []
+        self._watchers: dict[str, asyncio.Task[None]] = {}
 
     # ---- life cycle ----
 
-    def start(self, poll_interval_s: float) -> None:
-        for name, manager in self.managers.items():
-            self.batchers[name].start()
-            # The first pass loads the promoted version; readiness reports 503 until every model has one.
-            self._watchers.append(asyncio.create_task(manager.watch(poll_interval_s), name=f"watch-{name}"))
+    def start(self) -> None:
+        for name in self.settings.served_models:
+            self.serve(name)
+
+    def serve(self, name: str) -> ModelManager:
+        """Start serving a model of the store: its watcher loads the promoted version in the background."""
+        if name in self.managers:
+            return self.managers[name]
+        manager = ModelManager(self.settings, self.metrics, name)  # ValueError for a name that is no folder
+        batcher = MicroBatcher(
+            self.metrics,
+            model=name,
+            max_batch_images=self.settings.max_batch_images,
+            max_queue_images=self.settings.max_queue_images,
+            timeout_s=self.settings.request_timeout_s,
+            inline_max_images=self.settings.inline_max_images,
+        )
+        self.managers[name], self.batchers[name] = manager, batcher
+        batcher.start()
+        # The first pass loads the promoted version; readiness reports 503 until every model has one.
+        watch = manager.watch(self.settings.poll_interval_s)
+        self._watchers[name] = asyncio.create_task(watch, name=f"watch-{name}")
+        return manager
+
+    async def unserve(self, name: str) -> None:
+        """Stop serving a model: requests queued for it get 503, later ones 404."""
+        manager, batcher = self.managers.pop(name), self.batchers.pop(name)
+        watcher = self._watchers.pop(name)
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+        await batcher.stop()
+        manager.close()
+        for key in [key for key in self._explicit if key[0] == name]:
+            del self._explicit[key]
 
     async def stop(self) -> None:
-        for watcher in self._watchers:
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
-        for batcher in self.batchers.values():
-            await batcher.stop()
-        for manager in self.managers.values():
-            manager.close()
+        for name in list(self.managers):
+            await self.unserve(name)
 
     # ---- lookup ----
 

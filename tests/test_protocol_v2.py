@@ -160,3 +160,34 @@ def test_the_raw_binary_form_and_error_shapes(url: str) -> None:
         headers={"Inference-Header-Content-Length": "9999"},
     )
     assert lying.status_code == 400
+
+
+@pytest.fixture(scope="module")
+def secured_url(two_model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    env = {"MODEL_STORE": str(two_model_store), "API_KEY": "sesame", "LOG_LEVEL": "warning"}
+    log = tmp_path_factory.mktemp("log") / "server.log"
+    with running_service(env, repo=REPO, log=log) as (port, _):
+        yield f"127.0.0.1:{port}"
+
+
+def test_the_model_repository_extension_serves_and_stops_models(secured_url: str) -> None:
+    key = {"Authorization": "Bearer sesame"}
+    tensor = triton.InferInput("pixels", [1, 784], "UINT8")
+    tensor.set_data_from_numpy(pixels(5).astype(np.uint8).reshape(1, 784))
+    with triton.InferenceServerClient(secured_url) as client:
+        with pytest.raises(InferenceServerException, match="API key"):
+            client.get_model_repository_index()
+        index = {row["name"]: row for row in client.get_model_repository_index(headers=key)}
+        assert index["fashion-mnist"]["state"] == "READY" and index[SECOND]["state"] == "UNAVAILABLE"
+        with pytest.raises(InferenceServerException, match="not served"):
+            client.infer(SECOND, [tensor], headers=key)
+        client.load_model(SECOND, headers=key)
+        assert client.is_model_ready(SECOND)
+        assert client.infer(SECOND, [tensor], headers=key).get_response()["model_name"] == SECOND
+        client.unload_model(SECOND, headers=key)
+        with pytest.raises(InferenceServerException, match="not served"):
+            client.infer(SECOND, [tensor], headers=key)
+        with pytest.raises(InferenceServerException, match="cannot be unloaded"):
+            client.unload_model("fashion-mnist", headers=key)
+        with pytest.raises(InferenceServerException, match="has no model 'ghost'"):
+            client.load_model("ghost", headers=key)

@@ -13,17 +13,21 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 
+from core.store import model_names
 from service import oip
 from service.dataplane import DataPlane
 from service.decoding import INLINE_BODY_BYTES, check_json_structure, inline_or_pooled, read_body
-from service.deps import DataPlaneDep, require_api_key
-from service.errors import NotReady
+from service.deps import DataPlaneDep, require_admin, require_api_key
+from service.errors import InvalidRequest, NotFound, NotReady
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol v2"])
+repository = APIRouter(
+    prefix="/v2/repository", tags=["open inference protocol v2"], dependencies=[Depends(require_admin)]
+)
 SERVER = {
     "name": "fashion-serving",
     "version": "0.1.0",
-    "extensions": ["binary_tensor_data", "classification"],
+    "extensions": ["binary_tensor_data", "classification", "model_repository"],
 }
 
 
@@ -95,3 +99,39 @@ async def infer(request: Request, name: str, version: int | None = None) -> Resp
         media_type="application/octet-stream",
         headers={"Inference-Header-Content-Length": str(json_length)},
     )
+
+
+@repository.post("/index", summary="Every model of the store and whether it is served (needs API_KEY)")
+async def index(dataplane: DataPlaneDep) -> list[dict[str, Any]]:
+    names = await asyncio.to_thread(model_names, dataplane.settings.model_store)
+    rows = []
+    for name in names:
+        manager = dataplane.managers.get(name)
+        if manager is None:
+            rows.append({"name": name, "state": "UNAVAILABLE", "reason": "not loaded"})
+        elif manager.current is None:
+            rows.append({"name": name, "state": "LOADING", "reason": ""})
+        else:
+            rows.append(
+                {"name": name, "version": str(manager.current.version), "state": "READY", "reason": ""}
+            )
+    return rows
+
+
+@repository.post("/models/{name}/load", summary="Serve a model of the store, or reload a served one")
+async def load(dataplane: DataPlaneDep, name: str) -> dict[str, Any]:
+    if name not in await asyncio.to_thread(model_names, dataplane.settings.model_store):
+        raise NotFound(f"the store has no model {name!r}", code="model_not_found")
+    outcome = await dataplane.serve(name).refresh(force=True)
+    if outcome.served is None:
+        raise NotReady(f"model {name!r} has no servable version: {outcome.error}")
+    return {"name": name, "load": True, "version": str(outcome.served)}
+
+
+@repository.post("/models/{name}/unload", summary="Stop serving a model (not MODEL_NAME)")
+async def unload(dataplane: DataPlaneDep, name: str) -> dict[str, Any]:
+    dataplane.manager(name)  # 404 when not served
+    if name == dataplane.default_name:
+        raise InvalidRequest(f"{name!r} is MODEL_NAME, which /predict serves; it cannot be unloaded")
+    await dataplane.unserve(name)
+    return {"name": name, "unload": True}
