@@ -64,7 +64,7 @@ def servers(version_dir: Path) -> list[ServerSpec]:
         ServerSpec(
             "service",
             "service",
-            ("json1", "png1", "json256", "bin4096"),
+            ("json1", "png1", "json256", "bin4096", "v2bin1", "v2json1", "v1json1"),
             (("MODEL_STORE", str(STORE)), ("LOG_LEVEL", "warning")),
         ),
         # The same service serving version 1, published before OOD detection: what the flag costs.
@@ -171,6 +171,12 @@ def ratios(results: list[Result]) -> dict[str, float]:
         ("svc_httptools", "json1", 64),
     )
     put("json1@64 svc_h11 / service (guarded)", ("svc_h11", "json1", 64), ("service", "json1", 64))
+    for workload, target in (("v2bin1", 1.0), ("v2json1", 0.9), ("v1json1", 0.9)):
+        put(
+            f"{workload}@64 / json1@64 /predict (target >= {target})",
+            ("service", workload, 64),
+            ("service", "json1", 64),
+        )
     for connections in (1, 16, 64):
         put(
             f"json1@{connections} service (OOD) / service_v1 (no OOD) (target >= 0.9)",
@@ -263,7 +269,7 @@ def _measure(spec: ServerSpec, workload: Workload, script: Path, connections: in
                 "10s",
                 "-s",
                 str(script),
-                f"{url}/predict",
+                f"{url}{workload.path}",
             ],
             capture_output=True,
             text=True,

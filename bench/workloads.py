@@ -12,12 +12,29 @@ from PIL import Image
 
 from core.datasets import DatasetNotFound, load_fashion_mnist
 
+# tritonclient's binary request for one UINT8 image, probabilities back as binary.
+V2_BINARY_HEADER = json.dumps(
+    {
+        "inputs": [
+            {
+                "name": "pixels",
+                "shape": [1, 784],
+                "datatype": "UINT8",
+                "parameters": {"binary_data_size": 784},
+            }
+        ],
+        "outputs": [{"name": "probabilities", "parameters": {"binary_data": True}}],
+    }
+).encode()
+
 
 @dataclass(frozen=True)
 class Workload:
     name: str
     images: int
-    content_type: str
+    content_type: str  # "" sends none (as tritonclient's binary requests)
+    path: str = "/predict"
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 WORKLOADS = {
@@ -27,12 +44,23 @@ WORKLOADS = {
         Workload("png1", 1, "multipart/form-data; boundary=benchboundary"),
         Workload("json256", 256, "application/json"),
         Workload("bin4096", 4096, "application/octet-stream"),
+        # The standard protocols, one image per request, as their clients send it.
+        Workload(
+            "v2bin1",
+            1,
+            "",
+            "/v2/models/fashion-mnist/infer",
+            (("Inference-Header-Content-Length", str(len(V2_BINARY_HEADER))),),
+        ),
+        Workload("v2json1", 1, "application/json", "/v2/models/fashion-mnist/infer"),
+        Workload("v1json1", 1, "application/json", "/v1/models/fashion-mnist:predict"),
     )
 }
 
 LUA = """
 wrk.method = "POST"
-wrk.headers["Content-Type"] = "{content_type}"
+wrk.path = "{path}"
+{headers}
 local file = io.open("{body}", "rb")
 wrk.body = file:read("*all")
 file:close()
@@ -74,12 +102,29 @@ def build_bodies(folder: Path) -> dict[str, Path]:
         ),
         "json256": json.dumps({"instances": images[:256].reshape(256, -1).tolist()}).encode(),
         "bin4096": images.tobytes(),
+        "v2bin1": V2_BINARY_HEADER + images[0].tobytes(),
+        "v2json1": json.dumps(
+            {
+                "inputs": [
+                    {
+                        "name": "pixels",
+                        "shape": [1, 784],
+                        "datatype": "UINT8",
+                        "data": images[0].ravel().tolist(),
+                    }
+                ]
+            }
+        ).encode(),
+        "v1json1": json.dumps({"instances": [images[0].ravel().tolist()]}).encode(),
     }
     scripts = {}
     for name, body in bodies.items():
         body_path = folder / f"{name}.body"
         body_path.write_bytes(body)
         script = folder / f"{name}.lua"
-        script.write_text(LUA.format(content_type=WORKLOADS[name].content_type, body=body_path))
+        workload = WORKLOADS[name]
+        headers = [("Content-Type", workload.content_type)] if workload.content_type else []
+        lines = "\n".join(f'wrk.headers["{key}"] = "{value}"' for key, value in [*headers, *workload.headers])
+        script.write_text(LUA.format(path=workload.path, headers=lines, body=body_path))
         scripts[name] = script
     return scripts
