@@ -50,7 +50,8 @@ def create_app(settings: Settings) -> FastAPI:
         max_request_pixels=settings.max_request_pixels,
     )
     install_error_handlers(app)
-    routers = (predict, evaluate, health, model, admin, v1, v2)
+    # The inference routes first: routes are matched in order, and these are the hot paths.
+    routers = (predict, v2, v1, evaluate, health, model, admin)
     for router in (module.router for module in routers):
         app.include_router(router)
     app.include_router(v2.repository)

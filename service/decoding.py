@@ -206,7 +206,7 @@ def decode_json(
     if not isinstance(instances, list):
         raise InvalidPixels("instances must be a list of images")
     check_count(len(instances), max_instances)
-    if _may_hold_boolean(body) and _has_boolean(instances):
+    if may_hold_boolean(body) and has_boolean(instances):
         raise InvalidPixels("pixel values must be numbers, received a boolean")
     return pixels_from_json(instances), fields
 
@@ -229,7 +229,7 @@ def check_json_structure(body: bytes, max_instances: int) -> None:
         )
 
 
-def _may_hold_boolean(body: bytes) -> bool:
+def may_hold_boolean(body: bytes) -> bool:
     """Whether `true` or `false` may occur: a quick look at each "e", which numbers lack unless they
     have an exponent (then a plain search)."""
     if body.count(b"e") > JSON_SLACK:
@@ -242,7 +242,7 @@ def _may_hold_boolean(body: bytes) -> bool:
     return False
 
 
-def _has_boolean(instances: list[Any]) -> bool:
+def has_boolean(instances: list[Any]) -> bool:
     pending: list[Any] = [instances]
     while pending:
         value = pending.pop()

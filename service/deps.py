@@ -14,7 +14,7 @@ from fastapi import Depends, Request
 from service.config import Settings
 from service.dataplane import DataPlane
 from service.decoding import Limits
-from service.errors import NotFound, Unauthorized
+from service.errors import NotFound, Unauthorized, brief
 from service.loader import LoadedModel
 
 
@@ -57,6 +57,15 @@ async def require_admin(request: Request) -> None:
     if request.app.state.settings.api_key is None:
         raise NotFound("admin endpoints are disabled: set API_KEY to enable them", code="admin_disabled")
     await require_api_key(request)
+
+
+def version_number(raw: str | None) -> int | None:
+    """A version from a path; 404 for anything but a plain number."""
+    if raw is None:
+        return None
+    if not (0 < len(raw) <= 9 and raw.isascii() and raw.isdigit()):
+        raise NotFound(f"{brief(raw)} is not a version number", code="version_not_found")
+    return int(raw)
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]

@@ -19,6 +19,7 @@ import numpy as np
 import orjson
 
 from core.preprocessing import INPUT_SHAPE, PIXELS_PER_IMAGE, as_batch
+from service.decoding import has_boolean, may_hold_boolean
 from service.errors import BadRequest, InvalidRequest, PayloadTooLarge, brief
 from service.loader import Inference, LoadedModel
 
@@ -104,7 +105,7 @@ def parse_infer(body: bytes, header_length: str | None, model: LoadedModel, max_
         raise InvalidRequest(
             f"unknown input {brief(tensor.get('name'))}; model {model.name!r} takes {INPUT_NAME!r}"
         )
-    images = _input_images(tensor, binary, max_images)
+    images = _input_images(tensor, binary, max_images, may_hold_boolean(header))
     parameters = document.get("parameters") or {}
     if not isinstance(parameters, dict):
         raise InvalidRequest("parameters must be an object")
@@ -118,7 +119,7 @@ def parse_infer(body: bytes, header_length: str | None, model: LoadedModel, max_
     )
 
 
-def _input_images(tensor: dict[str, Any], binary: bytes, max_images: int) -> np.ndarray:
+def _input_images(tensor: dict[str, Any], binary: bytes, max_images: int, booleans: bool) -> np.ndarray:
     datatype, shape = tensor.get("datatype"), tensor.get("shape")
     if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
         raise InvalidRequest(f"input shape must be a list of integers, received {brief(shape)}")
@@ -135,6 +136,8 @@ def _input_images(tensor: dict[str, Any], binary: bytes, max_images: int) -> np.
         raise InvalidRequest(f"unsupported datatype {brief(datatype)}; use {', '.join(DATATYPES)}")
     if math.prod(shape) > max_images * PIXELS_PER_IMAGE:
         raise PayloadTooLarge(f"at most {max_images} images per request")
+    if booleans and has_boolean([tensor["data"]]):
+        raise InvalidRequest(f"{datatype} data must be numbers, received a boolean")
     try:
         array = np.asarray(tensor["data"], dtype=DATATYPES[datatype].newbyteorder("="))
     except (ValueError, TypeError, OverflowError) as exc:

@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from core.preprocessing import INPUT_SHAPE, as_batch
+from core.preprocessing import INPUT_SHAPE, InvalidPixels
+from service.decoding import has_boolean, may_hold_boolean, pixels_from_json
 from service.errors import InvalidRequest, brief
 from service.loader import Inference, LoadedModel
 from service.oip import INPUT_NAME, output_names
@@ -32,7 +33,7 @@ class V1Request:
     images: list[bytes] | None  # image files when it sent {"b64": ...}
 
 
-def parse_request(document: Any, key: str, max_instances: int) -> V1Request:
+def parse_request(document: Any, key: str, max_instances: int, body: bytes) -> V1Request:
     """Pixels or image bytes from `key` (instances or examples: row format) or `inputs` (columnar)."""
     if not isinstance(document, dict):
         raise InvalidRequest("the request body must be a JSON object")
@@ -52,11 +53,9 @@ def parse_request(document: Any, key: str, max_instances: int) -> V1Request:
         raise InvalidRequest('send every instance as pixels or every one as {"b64": ...}, not a mixture')
     if all(encoded):
         return V1Request(row_format, None, [_b64(item) for item in items])
-    try:
-        array = np.asarray(items, dtype=np.float64)
-    except (ValueError, TypeError) as exc:
-        raise InvalidRequest(f"instances must be arrays of numbers of one shape ({brief(exc)})") from exc
-    return V1Request(row_format, as_batch(array), None)
+    if may_hold_boolean(body) and has_boolean(items):
+        raise InvalidPixels("pixel values must be numbers, received a boolean")
+    return V1Request(row_format, pixels_from_json(items), None)
 
 
 def _unwrap(item: Any) -> Any:

@@ -97,6 +97,8 @@ def test_classify_returns_labels_and_scores_best_first(client: TestClient) -> No
         ),
         ("/v1/models/fashion-mnist:predict", {"instances": [[0] * 784, {"b64": "aGVsbG8="}]}, 400, "mixture"),
         ("/v1/models/fashion-mnist:predict", {"rows": []}, 400, "needs 'instances'"),
+        ("/v1/models/fashion-mnist:predict", {"instances": [[True] + [0] * 783]}, 400, "boolean"),
+        ("/v1/models/fashion-mnist:predict", {"instances": [[0] * 784] * 1025}, 400, "limit of 1024"),
     ],
 )
 def test_mistakes_are_errors_in_tf_servings_shape(

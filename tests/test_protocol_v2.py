@@ -150,6 +150,11 @@ def test_the_raw_binary_form_and_error_shapes(url: str) -> None:
         json={"inputs": [{"name": "pixels", "shape": [1, 784], "datatype": "FP32", "data": [300] * 784}]},
     )
     assert out_of_range.status_code == 400 and "0-255" in out_of_range.json()["error"]
+    boolean = httpx.post(
+        f"{base}/infer",
+        json={"inputs": [{"name": "pixels", "shape": [1, 784], "datatype": "FP32", "data": [True] * 784}]},
+    )
+    assert boolean.status_code == 400 and "boolean" in boolean.json()["error"]
     not_json = httpx.post(f"{base}/infer", content=b"{nope")
     assert not_json.status_code == 400 and set(not_json.json()) == {"error"}
     unknown = httpx.get(f"http://{url}/v2/models/nope")
