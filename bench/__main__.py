@@ -23,6 +23,7 @@ import httpx
 
 from bench.attacks import free_port
 from bench.workloads import WORKLOADS, Workload, build_bodies
+from core.engines import quiet_tensorflow
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
@@ -213,13 +214,7 @@ def _current_version_dir() -> Path:
 @contextmanager
 def _running(spec: ServerSpec) -> Iterator[tuple[int, float]]:
     port = free_port()
-    env = {
-        **os.environ,
-        **dict(spec.env),
-        "PORT": str(port),
-        "HOST": "127.0.0.1",
-        "TF_CPP_MIN_LOG_LEVEL": "3",
-    }
+    env = quiet_tensorflow({**os.environ, **dict(spec.env), "PORT": str(port), "HOST": "127.0.0.1"})
     started = time.perf_counter()
     process = subprocess.Popen(
         [sys.executable, "-m", spec.module],

@@ -26,7 +26,7 @@ import numpy as np
 from bench.ood import ood_sets
 from bench.quality import auroc
 from core.datasets import load_fashion_mnist
-from core.engines import load_engine, load_probe
+from core.engines import load_engine, load_probe, quiet_tensorflow
 from core.ood import FLAG_QUANTILE, input_statistics, load_detector
 from core.store import MODEL_FILE, ModelStore
 
@@ -56,7 +56,7 @@ def main() -> int:
     parser.add_argument("--version", type=int, help="default: the current one")
     parser.add_argument("--count", type=int, default=1000, help="images per out-of-distribution set")
     args = parser.parse_args()
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    quiet_tensorflow(os.environ)
     import keras
 
     store = ModelStore(args.store, "fashion-mnist")

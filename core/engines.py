@@ -11,6 +11,7 @@ serving artifact that disagrees is refused.
 from __future__ import annotations
 
 import os
+from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any, Literal, NamedTuple, Protocol
 
@@ -24,6 +25,12 @@ EngineKind = Literal["auto", "onnx", "keras"]
 
 class EngineError(Exception):
     """A version's model cannot be loaded or does not give the outputs it was published with."""
+
+
+def quiet_tensorflow(environment: MutableMapping[str, str]) -> MutableMapping[str, str]:
+    """TensorFlow's C++ logging down to errors (unless set already), here or in a child's environment."""
+    environment.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    return environment
 
 
 class Outputs(NamedTuple):
@@ -67,7 +74,7 @@ class KerasEngine:
     kind = "keras"
 
     def __init__(self, path: Path) -> None:
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        quiet_tensorflow(os.environ)
         import keras
 
         try:

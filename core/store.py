@@ -35,6 +35,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field, ValidationError
 
+from core.preprocessing import INPUT_SHAPE
+
 MODEL_FILE = "model.keras"
 ONNX_FILE = "model.onnx"
 PROBE_FILE = "probe.npz"
@@ -62,7 +64,7 @@ class VersionNotFound(StoreError):
 
 
 class InputSpec(BaseModel):
-    shape: tuple[int, ...] = (28, 28)
+    shape: tuple[int, ...] = INPUT_SHAPE
     dtype: str = "float32"
     min_value: float = 0.0
     max_value: float = 255.0

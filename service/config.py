@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from core.engines import EngineKind
 from core.preprocessing import DEFAULT_MAX_IMAGE_PIXELS
 
 
@@ -29,9 +30,7 @@ class Settings(BaseSettings):
     max_loaded_versions: int = Field(
         3, ge=0, description="Versions asked for by number kept loaded besides the promoted ones (LRU)."
     )
-    engine: Literal["auto", "onnx", "keras"] = Field(
-        "auto", description="auto: ONNX when the version has it."
-    )
+    engine: EngineKind = Field("auto", description="auto: ONNX when the version has it.")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     api_key: SecretStr | None = Field(None, description="Unset: no authentication. Set: not empty.")

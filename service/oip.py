@@ -75,7 +75,7 @@ def model_metadata(model: LoadedModel, versions: list[int]) -> dict[str, Any]:
         "name": model.name,
         "versions": [str(v) for v in versions],
         "platform": "onnxruntime_onnx" if model.engine.kind == "onnx" else "tensorflow_keras",
-        "inputs": [{"name": INPUT_NAME, "datatype": "FP32", "shape": [-1, *INPUT_SHAPE]}],
+        "inputs": [{"name": INPUT_NAME, "datatype": "FP32", "shape": [-1, *model.metadata.input.shape]}],
         "outputs": outputs,
     }
 

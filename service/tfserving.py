@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from core.preprocessing import INPUT_SHAPE, InvalidPixels
+from core.preprocessing import InvalidPixels
 from service.decoding import has_boolean, may_hold_boolean, pixels_from_json
 from service.errors import InvalidRequest, brief
 from service.loader import Inference, LoadedModel
@@ -127,7 +127,7 @@ def metadata(model: LoadedModel) -> dict[str, Any]:
         outputs["ood_score"] = tensor("ood_score", "DT_FLOAT", [-1])
         outputs["ood"] = tensor("ood", "DT_BOOL", [-1])
     signature = {
-        "inputs": {INPUT_NAME: tensor(INPUT_NAME, "DT_FLOAT", [-1, *INPUT_SHAPE])},
+        "inputs": {INPUT_NAME: tensor(INPUT_NAME, "DT_FLOAT", [-1, *model.metadata.input.shape])},
         "outputs": outputs,
         "method_name": "tensorflow/serving/predict",
     }

@@ -10,14 +10,11 @@ import pytest
 from fastapi.testclient import TestClient
 
 from core.datasets import Dataset, find_fashion_mnist, load_fashion_mnist
+from core.engines import quiet_tensorflow
 from core.store import ModelStore
-from service.app import create_app
-from service.config import Settings
-from tests.helpers import wait_until, write_fashion_mnist
+from tests.helpers import BUNDLED_STORE, make_client, write_fashion_mnist
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-REPO = Path(__file__).resolve().parent.parent
-BUNDLED_STORE = REPO / "models"
+quiet_tensorflow(os.environ)
 
 
 @pytest.fixture(scope="session")
@@ -61,13 +58,6 @@ def tiny_store(tmp_path_factory: pytest.TempPathFactory, synthetic_data_dir: Pat
 def store_copy(tiny_store: Path, tmp_path: Path) -> Path:
     """A private copy of the tiny store that a test may change."""
     return Path(shutil.copytree(tiny_store, tmp_path / "store"))
-
-
-def make_client(store: Path, **overrides: object) -> Iterator[TestClient]:
-    settings = Settings(model_store=store, **overrides)  # type: ignore[arg-type]
-    with TestClient(create_app(settings)) as client:
-        wait_until(lambda: client.get("/health/ready").status_code == 200)
-        yield client
 
 
 @pytest.fixture

@@ -1,18 +1,68 @@
-"""Real test data made cheaply: IDX files, a learnable synthetic dataset, image bytes."""
+"""What the tests share: real test data made cheaply (IDX files, a learnable synthetic dataset, image
+bytes), apps and servers around a store, the training CLI, and waiting on conditions."""
 
 from __future__ import annotations
 
 import gzip
 import io
+import os
+import shutil
+import subprocess
+import sys
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from fastapi.testclient import TestClient
 from PIL import Image
 
 from core.datasets import FASHION_MNIST_FILES, IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC
+from core.engines import quiet_tensorflow
+from core.store import METADATA_FILE, ModelStore
+
+REPO = Path(__file__).resolve().parent.parent
+BUNDLED_STORE = REPO / "models"
+
+
+def make_client(store: Path, **overrides: object) -> Iterator[TestClient]:
+    """An app around the store (settings overridden as given), once it is ready."""
+    from service.app import create_app
+    from service.config import Settings
+
+    settings = Settings(model_store=store, **overrides)  # type: ignore[arg-type]
+    with TestClient(create_app(settings)) as client:
+        wait_until(lambda: client.get("/health/ready").status_code == 200)
+        yield client
+
+
+def republish(root: Path, *, corrupt: str | None = None, **metadata: Any) -> int:
+    """Publish a copy of version 1 as a new version, optionally with a corrupted file or changed metadata."""
+    store = ModelStore(root, "fashion-mnist")
+    with store.staging() as staging:
+        shutil.copytree(store.version_dir(1), staging, dirs_exist_ok=True)
+        (staging / METADATA_FILE).unlink()
+        if corrupt:
+            (staging / corrupt).write_bytes(b"\x00corrupt")
+        meta = store.read_metadata(1).model_copy(update=metadata)
+        return store.publish(staging, meta)
+
+
+def cli(*args: str | Path, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """`python -m training ARGS` in a subprocess; with check, it must succeed."""
+    result = subprocess.run(
+        [sys.executable, "-m", "training", *map(str, args)],
+        cwd=REPO,
+        env=quiet_tensorflow(dict(os.environ)),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
 
 
 def idx_bytes(array: np.ndarray, magic: int) -> bytes:

@@ -17,8 +17,7 @@ from hypothesis import strategies as st
 from core.preprocessing import InvalidInput
 from service.decoding import decode_json
 from service.errors import ApiError
-from tests.conftest import make_client
-from tests.helpers import image_bytes, png_declaring
+from tests.helpers import image_bytes, make_client, png_declaring
 
 GOOD = {"instances": [[0] * 784]}
 PNG = image_bytes(np.zeros((28, 28), np.uint8))

@@ -11,8 +11,7 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from core.datasets import load_fashion_mnist
-from tests.conftest import make_client
-from tests.helpers import image_bytes, synthetic_images
+from tests.helpers import image_bytes, make_client, synthetic_images
 
 KEY = "s3cret-key"
 

@@ -19,8 +19,7 @@ from core.store import ModelStore
 from service.batching import MicroBatcher
 from service.loader import Inference, LoadedModel, load_version
 from service.metrics import Metrics
-from tests.conftest import make_client
-from tests.helpers import synthetic_images, wait_until
+from tests.helpers import make_client, synthetic_images, wait_until
 
 
 class GatedEngine:

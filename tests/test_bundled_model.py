@@ -10,8 +10,7 @@ from core.datasets import Dataset
 from core.engines import KerasEngine, load_engine
 from core.evaluation import evaluate_probabilities
 from core.store import MODEL_FILE, ModelStore
-from tests.conftest import BUNDLED_STORE
-from tests.helpers import image_bytes, png16
+from tests.helpers import BUNDLED_STORE, image_bytes, png16
 
 pytestmark = pytest.mark.dataset
 

@@ -106,7 +106,7 @@ def test_serving_with_the_onnx_engine_never_imports_tensorflow(tiny_store: Path)
     import subprocess
     import sys
 
-    from tests.conftest import REPO
+    from tests.helpers import REPO
 
     script = (
         "import sys\n"

@@ -31,8 +31,7 @@ from bench.attacks import (
     running_service,
     send_quietly,
 )
-from tests.conftest import REPO
-from tests.helpers import wait_until
+from tests.helpers import REPO, wait_until
 
 pytestmark = pytest.mark.slow
 KEY = "hardening-key"

@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.conftest import make_client
-from tests.helpers import image_bytes, synthetic_images
+from tests.helpers import image_bytes, make_client, synthetic_images
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,7 @@ import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
 from bench.attacks import running_service
-from tests.conftest import REPO
-from tests.helpers import synthetic_images
+from tests.helpers import REPO, synthetic_images
 
 pytestmark = pytest.mark.slow
 SECOND = "second-model"

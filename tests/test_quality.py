@@ -18,7 +18,7 @@ from bench.photos import product_photos
 from bench.quality import auroc, predict_photos, predict_pixels
 from core.datasets import Dataset
 from core.store import ModelStore
-from tests.conftest import BUNDLED_STORE, make_client
+from tests.helpers import BUNDLED_STORE, make_client
 
 pytestmark = [pytest.mark.dataset, pytest.mark.slow]
 PHOTO_ITEMS = 600

@@ -12,22 +12,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from core.store import METADATA_FILE, ONNX_FILE, ModelStore
-from tests.conftest import make_client
-from tests.helpers import wait_until
+from tests.helpers import make_client, republish, wait_until
 
 KEY = "admin-key"
-
-
-def republish(root: Path, *, corrupt: str | None = None, **metadata: Any) -> int:
-    """Publish a copy of version 1 as a new version, optionally with a corrupted file or changed metadata."""
-    store = ModelStore(root, "fashion-mnist")
-    with store.staging() as staging:
-        shutil.copytree(store.version_dir(1), staging, dirs_exist_ok=True)
-        (staging / METADATA_FILE).unlink()
-        if corrupt:
-            (staging / corrupt).write_bytes(b"\x00corrupt")
-        meta = store.read_metadata(1).model_copy(update=metadata)
-        return store.publish(staging, meta)
 
 
 def served(client: TestClient) -> int:

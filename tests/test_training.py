@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from core.engines import quiet_tensorflow
 from core.store import (
     CURVES_FILE,
     HISTORY_FILE,
@@ -22,25 +23,9 @@ from core.store import (
     RELIABILITY_FILE,
     ModelStore,
 )
-from tests.conftest import REPO
-from tests.helpers import wait_until
+from tests.helpers import REPO, cli, wait_until
 
 pytestmark = pytest.mark.slow
-
-
-def cli(*args: str | Path, check: bool = True) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    result = subprocess.run(
-        [sys.executable, "-m", "training", *map(str, args)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    if check:
-        assert result.returncode == 0, result.stderr
-    return result
 
 
 def train(store: Path, data: Path, *extra: str | Path) -> subprocess.CompletedProcess[str]:
@@ -163,7 +148,7 @@ def test_a_killed_job_resumes_from_its_last_epoch(tmp_path: Path, synthetic_data
         "16",
         "--no-flip",
     ]
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env = quiet_tensorflow(dict(os.environ))
     job = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     history = run_dir / HISTORY_FILE
     try:

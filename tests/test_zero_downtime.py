@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -19,21 +18,13 @@ from pathlib import Path
 import httpx
 import pytest
 
+from bench.attacks import free_port
 from core.store import MODEL_FILE, ONNX_FILE
-from tests.conftest import REPO
-from tests.helpers import wait_until
-from tests.test_refresh import republish
-from tests.test_training import cli
+from tests.helpers import REPO, cli, republish, wait_until
 
 pytestmark = pytest.mark.slow
 CONNECTIONS = 16
 BODY = {"instances": [[0] * 784]}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

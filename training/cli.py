@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from core.datasets import DatasetError
+from core.engines import quiet_tensorflow
 from core.store import ModelStore, StoreError
 from training.config import TrainConfig
 
@@ -53,7 +54,7 @@ def _train(args: argparse.Namespace) -> int:
     )
     store = ModelStore(args.store, args.name)
     # TensorFlow loads only for this command; list and promote stay instant.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    quiet_tensorflow(os.environ)
     from training.train import train_and_publish
 
     dataset = _dataset(args)
@@ -69,7 +70,7 @@ def _train(args: argparse.Namespace) -> int:
 def _republish(args: argparse.Namespace) -> int:
     store = ModelStore(args.store, args.name)
     store.read_metadata(args.version)  # a missing version fails before TensorFlow loads
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    quiet_tensorflow(os.environ)
     from training.publish import republish
 
     _report(store, republish(store, args.version, _dataset(args), args.promote))

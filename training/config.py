@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 OPTIMIZERS = ("adam", "adamw", "nadam", "sgd", "rmsprop")
@@ -30,7 +30,6 @@ class TrainConfig:
     seed: int = 42
     validation_size: int = 5000
     max_train_samples: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _require(

@@ -20,9 +20,9 @@ _OPTIMIZERS: dict[str, type[keras.optimizers.Optimizer]] = {
 
 def build_model(
     num_classes: int,
-    hidden_units: tuple[int, ...] = (300, 100),
-    activation: str = "relu",
-    dropout_rate: float = 0.0,
+    hidden_units: tuple[int, ...] = TrainConfig.hidden_units,
+    activation: str = TrainConfig.activation,
+    dropout_rate: float = TrainConfig.dropout_rate,
 ) -> keras.Model:
     """Flatten(28x28) -> Dense hidden layers -> Dense(num_classes, softmax), taking raw 0-255 pixels."""
     inputs = keras.Input(shape=INPUT_SHAPE, name="pixels")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import io
 from dataclasses import dataclass
-from typing import Any, get_args
+from typing import Any, cast, get_args
 
 import numpy as np
 import orjson
@@ -31,7 +31,7 @@ QUERY_DOC = [
         "in": "query",
         "required": False,
         "description": "Invert image uploads: auto (only dark-on-light images), true, false.",
-        "schema": {"type": "string", "enum": ["auto", "true", "false"], "default": "auto"},
+        "schema": {"type": "string", "enum": list(get_args(InvertMode)), "default": "auto"},
     },
     {
         "name": "include",
@@ -112,7 +112,7 @@ def query_options(request: Request) -> QueryOptions:
     params = request.query_params
     invert = params.get("invert", "auto")
     if invert not in INVERT_MODES:
-        raise InvalidRequest(f"invert must be auto, true or false, received {brief(invert)}")
+        raise InvalidRequest(f"invert must be one of {', '.join(INVERT_MODES)}, received {brief(invert)}")
     include = [
         part.strip() for value in params.getlist("include") for part in value.split(",") if part.strip()
     ]
@@ -129,7 +129,7 @@ def query_options(request: Request) -> QueryOptions:
         ):
             raise InvalidRequest(f"top_k must be a positive integer, received {brief(raw_top_k)}")
         top_k = int(raw_top_k)
-    return QueryOptions(invert, top_k, "input" in include)  # type: ignore[arg-type]
+    return QueryOptions(cast(InvertMode, invert), top_k, "input" in include)
 
 
 def png_data_url(image: np.ndarray) -> str:
