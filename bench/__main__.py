@@ -144,7 +144,7 @@ def main() -> int:
     (args.output / "results.json").write_text(json.dumps(report, indent=2) + "\n")
     _chart(results, args.output / "chart.png")
     print(_table(results))
-    for key, value in {**report["ratios"], **extras}.items():
+    for key, value in {**ratios(results), **extras}.items():
         print(f"{key:52} {value:10.3f}")
     return 0
 

@@ -97,6 +97,8 @@ class OodRow:
 
 def measure(client: httpx.Client, items: int, ood_count: int, seed: int = 0) -> dict[str, Any]:
     test = load_fashion_mnist(allow_download=False).test
+    if test is None:
+        raise SystemExit("the Fashion-MNIST test split is missing")
     images, labels = test.images[:items], test.labels[:items]
     pixels = predict_pixels(client, images)
     photos = predict_photos(client, product_photos(images, seed=seed))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import litserve as ls
 import numpy as np
@@ -13,7 +14,7 @@ from core.engines import OnnxEngine
 
 class FashionAPI(ls.LitAPI):
     def setup(self, device: str) -> None:
-        self.engine = OnnxEngine(os.environ["ONNX_FILE"])
+        self.engine = OnnxEngine(Path(os.environ["ONNX_FILE"]))
 
     def decode_request(self, request: dict) -> np.ndarray:
         return np.asarray(request["instances"], np.float32).reshape(28, 28)
@@ -22,7 +23,7 @@ class FashionAPI(ls.LitAPI):
         return np.stack(inputs)
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
-        return self.engine.predict(batch)
+        return self.engine.predict(batch).probabilities
 
     def unbatch(self, output: np.ndarray) -> list[np.ndarray]:
         return list(output)
