@@ -11,6 +11,7 @@ serving artifact that disagrees is refused.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any, Literal, NamedTuple, Protocol
@@ -128,13 +129,23 @@ def load_probe(version_dir: Path) -> Probe:
     path = version_dir / PROBE_FILE
     require_regular_file(path)
     try:
-        with np.load(path, allow_pickle=False) as data:
-            optional = {
-                key: data[key].astype(np.float32) for key in ("features", "ood_scores") if key in data
-            }
-            return Probe(data["inputs"].astype(np.float32), data["outputs"].astype(np.float32), **optional)
+        data = read_npz(path)
+        optional = {key: data[key].astype(np.float32) for key in ("features", "ood_scores") if key in data}
+        return Probe(data["inputs"].astype(np.float32), data["outputs"].astype(np.float32), **optional)
     except (OSError, KeyError, ValueError, EOFError) as exc:
         raise EngineError(f"{path.name}: unreadable probe ({exc})") from exc
+
+
+# NumPy parses .npy headers with ast.literal_eval, and CPython 3.11 before 3.11.8 can fail
+# ("AST constructor recursion depth mismatch", gh-106905) when two threads parse at once: two
+# models loading together did. One lock for every .npz read in the process.
+_NPZ_LOCK = threading.Lock()
+
+
+def read_npz(path: Path) -> dict[str, np.ndarray]:
+    """Every array of an .npz file (no pickles), read under the process-wide lock."""
+    with _NPZ_LOCK, np.load(path, allow_pickle=False) as data:
+        return {key: data[key] for key in data.files}
 
 
 def require_regular_file(path: Path) -> None:

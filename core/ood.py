@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core.engines import EngineError, Probe, require_regular_file
+from core.engines import EngineError, Probe, read_npz, require_regular_file
 from core.preprocessing import IMAGE_SIZE, MAX_PIXEL
 from core.store import OOD_FILE
 
@@ -131,9 +131,9 @@ class OodDetector:  # frozen, yet cached_property works: it writes the instance 
     @classmethod
     def load(cls, path: Path, feature_count: int | None = None) -> OodDetector:
         try:
-            with np.load(path, allow_pickle=False) as data:
-                means, precisions = data["means"].astype(np.float64), data["precisions"].astype(np.float64)
-                threshold = float(data["threshold"])
+            data = read_npz(path)
+            means, precisions = data["means"].astype(np.float64), data["precisions"].astype(np.float64)
+            threshold = float(data["threshold"])
         except (OSError, KeyError, ValueError, EOFError, TypeError) as exc:
             raise OodError(f"{path.name}: unreadable ({exc})") from exc
         classes, dims = means.shape if means.ndim == 2 else (-1, -1)

@@ -138,6 +138,16 @@ class ModelMetadata(BaseModel):
     derived_from: int | None = Field(default=None, description="The version whose weights this one reuses.")
 
 
+class VersionSummary(BaseModel):
+    version: int
+    promoted: bool
+    created_at: datetime | None = None
+    validation_accuracy: float | None = None
+    test_accuracy: float | None = None
+    artifacts: list[str] = []
+    error: str | None = Field(default=None, description="Why the version's metadata cannot be read.")
+
+
 class CurrentPointer(BaseModel):
     version: int = Field(ge=1, le=MAX_VERSION)
     promoted_at: datetime
@@ -199,6 +209,30 @@ class ModelStore:
     def current_version(self) -> int | None:
         pointer = self.current()
         return pointer.version if pointer else None
+
+    def version_summaries(self) -> list[VersionSummary]:
+        """Every version with its headline metrics, or why its metadata cannot be read (the listings)."""
+        promoted = self.current_version()
+        summaries = []
+        for version in self.versions():
+            try:
+                meta = self.read_metadata(version)
+            except StoreError as exc:
+                summaries.append(
+                    VersionSummary(version=version, promoted=version == promoted, error=str(exc))
+                )
+                continue
+            summaries.append(
+                VersionSummary(
+                    version=version,
+                    promoted=version == promoted,
+                    created_at=meta.created_at,
+                    validation_accuracy=meta.validation.accuracy if meta.validation else None,
+                    test_accuracy=meta.test.accuracy if meta.test else None,
+                    artifacts=meta.artifacts,
+                )
+            )
+        return summaries
 
     # ---- writing ----
 

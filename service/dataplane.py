@@ -88,7 +88,7 @@ class DataPlane:
 
     @property
     def ready(self) -> bool:
-        return all(manager.current is not None for manager in self.managers.values())
+        return all(manager.served is not None for manager in self.managers.values())
 
     def manager(self, name: str) -> ModelManager:
         manager = self.managers.get(name)
@@ -97,34 +97,34 @@ class DataPlane:
             raise NotFound(f"model {name!r} is not served here; served: {served}", code="model_not_found")
         return manager
 
-    def current(self, name: str | None = None) -> LoadedModel:
+    def served(self, name: str | None = None) -> LoadedModel:
         """The version serving this request, fixed when it starts, so a swap never changes it midway."""
         manager = self.manager(name or self.default_name)
-        model = manager.current
+        model = manager.served
         if model is None:
             raise NotReady(f"model {manager.name!r} has no version loaded yet; see /health/ready")
         return model
 
     async def model(self, name: str | None = None, version: int | None = None) -> LoadedModel:
         """The promoted (or pinned) version, or the version asked for, loaded on first use."""
-        current = self.current(name)
-        if version is None or version == current.version:
-            return current
-        key = (current.name, version)
+        served = self.served(name)
+        if version is None or version == served.version:
+            return served
+        key = (served.name, version)
         cached = self._explicit.get(key)
         if cached is not None:
             self._explicit.move_to_end(key)
             return cached
         task = self._loading.get(key)
         if task is None:  # one load per version, however many requests ask for it meanwhile
-            task = asyncio.create_task(self.managers[current.name].load(version), name=f"load-{key}")
+            task = asyncio.create_task(self.managers[served.name].load(version), name=f"load-{key}")
             self._loading[key] = task
             task.add_done_callback(lambda _: self._loading.pop(key, None))
         try:
             loaded = await asyncio.shield(task)
         except (StoreError, EngineError, IncompatibleModel) as exc:
             raise NotFound(
-                f"model {current.name!r} version {version} cannot be served: {exc}", code="version_not_found"
+                f"model {served.name!r} version {version} cannot be served: {exc}", code="version_not_found"
             ) from None
         self._remember(key, loaded)
         return loaded
@@ -139,10 +139,10 @@ class DataPlane:
 
     def loaded_versions(self, name: str) -> list[int]:
         """The versions of a model that answer without loading: the promoted one and the cached ones."""
-        current = self.managers[name].current
+        served = self.managers[name].served
         versions = {v for (model, v) in self._explicit if model == name}
-        if current is not None:
-            versions.add(current.version)
+        if served is not None:
+            versions.add(served.version)
         return sorted(versions)
 
     # ---- inference ----

@@ -31,7 +31,7 @@ async def get_dataplane(request: Request) -> DataPlane:
 async def get_model(request: Request) -> LoadedModel:
     """The default model's version serving this request, fixed when it starts (a swap never changes it)."""
     dataplane: DataPlane = request.app.state.dataplane
-    return dataplane.current()
+    return dataplane.served()
 
 
 async def get_limits(request: Request) -> Limits:

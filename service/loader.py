@@ -75,7 +75,7 @@ class LoadedModel:
 
 
 @dataclass(frozen=True)
-class RefreshOutcome:
+class ReloadOutcome:
     served: int | None
     changed: bool
     error: str | None = None
@@ -130,7 +130,7 @@ class ModelManager:
         self.pinned = settings.model_version if name == settings.model_name else None
         self.engine_kind: EngineKind = settings.engine
         self.metrics = metrics
-        self.current: LoadedModel | None = None
+        self.served: LoadedModel | None = None
         self.timeout_s = settings.store_timeout_s
         self.retry_base_s = RETRY_POLLS * settings.poll_interval_s
         self._failed: dict[int, _Failure] = {}
@@ -151,34 +151,34 @@ class ModelManager:
     def target_version(self) -> int | None:
         return self.pinned if self.pinned is not None else self.store.current_version()
 
-    async def refresh(self, *, force: bool = False) -> RefreshOutcome:
-        """Serve the store's current (or pinned) version if it is not served yet and passes the checks."""
+    async def reload(self, *, force: bool = False) -> ReloadOutcome:
+        """Serve the promoted (or the pinned) version if it is not served yet and passes the checks."""
         async with self._lock:
-            served = self.current.version if self.current else None
+            served = self.served.version if self.served else None
             try:
                 target = await self.run_io(self.target_version)
             except StoreError as exc:
                 return self._failure(None, str(exc))
             if target is None:
-                return RefreshOutcome(served, False, f"model {self.store.name!r} has no current version")
+                return ReloadOutcome(served, False, f"model {self.store.name!r} has no promoted version")
             if target == served:
-                return RefreshOutcome(served, False)
+                return ReloadOutcome(served, False)
             fingerprint: Fingerprint = ()
             try:
                 fingerprint = await self.run_io(version_fingerprint, self.store, target)
                 if not force and not self._due(target, fingerprint):
-                    return RefreshOutcome(served, False, self._failed[target].reason)
+                    return ReloadOutcome(served, False, self._failed[target].reason)
                 started = time.perf_counter()
-                loaded = await self.run_io(load_version, self.store, target, self.engine_kind, self.current)
+                loaded = await self.run_io(load_version, self.store, target, self.engine_kind, self.served)
             except (StoreError, EngineError, IncompatibleModel) as exc:
                 return self._failure(target, str(exc), fingerprint)
             self.metrics.load_duration.labels(self.name).observe(time.perf_counter() - started)
             self._swap(loaded)
-            return RefreshOutcome(loaded.version, True)
+            return ReloadOutcome(loaded.version, True)
 
     async def load(self, version: int) -> LoadedModel:
         """Load and verify a version asked for by number, without serving it as the promoted one."""
-        loaded = await self.run_io(load_version, self.store, version, self.engine_kind, self.current)
+        loaded = await self.run_io(load_version, self.store, version, self.engine_kind, self.served)
         self.metrics.reloads.labels(self.name, "success").inc()
         return loaded
 
@@ -195,12 +195,12 @@ class ModelManager:
     async def watch(self, interval_s: float) -> None:
         """Poll the store forever; each pass is cheap (one small file read) when nothing changed."""
         while True:
-            await self.refresh()
+            await self.reload()
             await asyncio.sleep(interval_s)
 
     def _swap(self, loaded: LoadedModel) -> None:
-        previous = self.current
-        self.current = loaded
+        previous = self.served
+        self.served = loaded
         self._failed.pop(loaded.version, None)
         self.metrics.reloads.labels(self.name, "success").inc()
         if previous is not None:
@@ -217,13 +217,13 @@ class ModelManager:
             },
         )
 
-    def _failure(self, version: int | None, reason: str, fingerprint: Fingerprint = ()) -> RefreshOutcome:
+    def _failure(self, version: int | None, reason: str, fingerprint: Fingerprint = ()) -> ReloadOutcome:
         if version is not None:
             previous = self._failed.get(version)
             attempts = previous.attempts + 1 if previous else 1
             delay = min(RETRY_MAX_S, self.retry_base_s * 2 ** (attempts - 1))
             self._failed[version] = _Failure(reason, fingerprint, attempts, time.monotonic() + delay)
         self.metrics.reloads.labels(self.name, "failure").inc()
-        served = self.current.version if self.current else None
+        served = self.served.version if self.served else None
         logger.error("version not served", extra={"version": version, "reason": reason, "serving": served})
-        return RefreshOutcome(served, False, reason)
+        return ReloadOutcome(served, False, reason)

@@ -128,8 +128,8 @@ def gated(store: Path, **overrides: object) -> Iterator[tuple[TestClient, GatedE
     """A client whose engine runs in a thread and waits at a gate the test opens."""
     for client in make_client(store, inline_max_images=0, **overrides):
         manager = client.app.state.dataplane.managers["fashion-mnist"]  # type: ignore[attr-defined]
-        engine = GatedEngine(manager.current.engine)
-        manager.current = dataclasses.replace(manager.current, engine=engine)
+        engine = GatedEngine(manager.served.engine)
+        manager.served = dataclasses.replace(manager.served, engine=engine)
         yield client, engine
         engine.gate.set()
 

@@ -8,6 +8,7 @@ import os
 import sys
 import tempfile
 from collections.abc import Sequence
+from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -36,22 +37,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    config = TrainConfig(
-        hidden_units=tuple(args.hidden_units),
-        activation=args.activation,
-        dropout_rate=args.dropout,
-        optimizer=args.optimizer,
-        learning_rate=args.learning_rate,
-        lr_schedule=args.lr_schedule,
-        label_smoothing=args.label_smoothing,
-        augment_flip=not args.no_flip,
-        batch_size=args.batch_size,
-        epochs=args.epochs,
-        patience=args.patience,
-        seed=args.seed,
-        validation_size=args.validation_size,
-        max_train_samples=args.max_train_samples,
-    )
+    # Every recipe flag's dest is its TrainConfig field.
+    recipe = {field.name: getattr(args, field.name) for field in fields(TrainConfig)}
+    config = TrainConfig(**{**recipe, "hidden_units": tuple(recipe["hidden_units"])})
     store = ModelStore(args.store, args.name)
     # TensorFlow loads only for this command; list and promote stay instant.
     quiet_tensorflow(os.environ)
@@ -102,21 +90,17 @@ def _report(store: ModelStore, result: TrainResult) -> None:
 
 
 def _list(args: argparse.Namespace) -> int:
-    store = ModelStore(args.store, args.name)
-    current = store.current_version()
-    versions = store.versions()
-    if not versions:
+    summaries = ModelStore(args.store, args.name).version_summaries()
+    if not summaries:
         print(f"no versions of {args.name} in {args.store}")
-    for version in versions:
-        marker = "*" if version == current else " "
-        try:
-            meta = store.read_metadata(version)
-        except StoreError as exc:
-            print(f"{marker} {version:>4}  unreadable: {exc}")
+    for row in summaries:
+        marker = "*" if row.promoted else " "
+        if row.error is not None or row.created_at is None:
+            print(f"{marker} {row.version:>4}  unreadable: {row.error}")
             continue
-        val = f"{meta.validation.accuracy:.4f}" if meta.validation else "-"
-        test = f"{meta.test.accuracy:.4f}" if meta.test else "-"
-        print(f"{marker} {version:>4}  {meta.created_at:%Y-%m-%d %H:%M}  val_acc {val}  test_acc {test}")
+        val = f"{row.validation_accuracy:.4f}" if row.validation_accuracy is not None else "-"
+        test = f"{row.test_accuracy:.4f}" if row.test_accuracy is not None else "-"
+        print(f"{marker} {row.version:>4}  {row.created_at:%Y-%m-%d %H:%M}  val_acc {val}  test_acc {test}")
     return 0
 
 
@@ -144,12 +128,14 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--validation-size", type=int, default=defaults.validation_size)
     train.add_argument("--hidden-units", type=int, nargs="+", default=list(defaults.hidden_units))
     train.add_argument("--activation", default=defaults.activation)
-    train.add_argument("--dropout", type=float, default=defaults.dropout_rate)
+    train.add_argument("--dropout", dest="dropout_rate", type=float, default=defaults.dropout_rate)
     train.add_argument("--optimizer", default=defaults.optimizer)
     train.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
     train.add_argument("--lr-schedule", default=defaults.lr_schedule)
     train.add_argument("--label-smoothing", type=float, default=defaults.label_smoothing)
-    train.add_argument("--no-flip", action="store_true", help="no horizontal-flip augmentation")
+    train.add_argument(
+        "--no-flip", dest="augment_flip", action="store_false", help="no horizontal-flip augmentation"
+    )
     train.add_argument("--batch-size", type=int, default=defaults.batch_size)
     train.add_argument("--patience", type=int, default=defaults.patience)
     train.add_argument("--seed", type=int, default=defaults.seed)

@@ -6,7 +6,6 @@ from typing import Any
 
 from fastapi import APIRouter, Depends
 
-from core.store import StoreError
 from service.deps import DataPlaneDep, require_admin
 from service.loader import ModelManager
 from service.schemas import error_responses
@@ -22,7 +21,7 @@ router = APIRouter(
 @router.post("/reload", summary="Check the store now and swap to the promoted version if it passes")
 async def reload(dataplane: DataPlaneDep, model: str | None = None) -> dict[str, Any]:
     manager = dataplane.manager(model or dataplane.default_name)
-    outcome = await manager.refresh(force=True)
+    outcome = await manager.reload(force=True)
     return {"served_version": outcome.served, "changed": outcome.changed, "error": outcome.error}
 
 
@@ -35,21 +34,11 @@ async def versions(dataplane: DataPlaneDep, model: str | None = None) -> dict[st
 def _version_table(manager: ModelManager) -> dict[str, Any]:
     """Reads the store: runs in the store thread."""
     store = manager.store
-    served = manager.current.version if manager.current else None
-    rows = []
-    for version in store.versions():
-        row: dict[str, Any] = {"version": version, "served": version == served}
-        try:
-            meta = store.read_metadata(version)
-            row.update(
-                created_at=meta.created_at.isoformat(),
-                validation_accuracy=meta.validation.accuracy if meta.validation else None,
-                test_accuracy=meta.test.accuracy if meta.test else None,
-                artifacts=meta.artifacts,
-            )
-        except StoreError as exc:
-            row["error"] = str(exc)
-        rows.append(row)
+    served = manager.served.version if manager.served else None
+    rows = [
+        {**summary.model_dump(mode="json", exclude_none=True), "served": summary.version == served}
+        for summary in store.version_summaries()
+    ]
     return {
         "name": store.name,
         "current": store.current_version(),

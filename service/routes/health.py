@@ -27,10 +27,10 @@ async def health() -> dict[str, str]:
     responses=error_responses(503),
 )
 async def ready(dataplane: DataPlaneDep) -> dict[str, object]:
-    waiting = [name for name, manager in dataplane.managers.items() if manager.current is None]
+    waiting = [name for name, manager in dataplane.managers.items() if manager.served is None]
     if waiting:
         raise NotReady(f"no version loaded yet for {', '.join(waiting)}")
-    served = [dataplane.current(name) for name in dataplane.managers]
+    served = [dataplane.served(name) for name in dataplane.managers]
     return {
         "status": "ready",
         "model": {"name": served[0].name, "version": served[0].version},

@@ -28,7 +28,7 @@ async def default_model(model: ModelDep) -> dict[str, Any]:
 async def served_models(dataplane: DataPlaneDep) -> dict[str, Any]:
     rows = []
     for name, manager in dataplane.managers.items():
-        model = manager.current
+        model = manager.served
         rows.append(
             {
                 "name": name,

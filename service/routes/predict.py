@@ -73,7 +73,7 @@ async def predict(request: Request) -> Response:
     await require_api_key(request)
     state = request.app.state
     dataplane: DataPlane = state.dataplane
-    model = dataplane.current()
+    model = dataplane.served()
     dataplane.check_capacity(model.name)
     options = query_options(request)
     decoded = await decode_request(

@@ -107,11 +107,11 @@ async def index(dataplane: DataPlaneDep) -> list[dict[str, Any]]:
         manager = dataplane.managers.get(name)
         if manager is None:
             rows.append({"name": name, "state": "UNAVAILABLE", "reason": "not loaded"})
-        elif manager.current is None:
+        elif manager.served is None:
             rows.append({"name": name, "state": "LOADING", "reason": ""})
         else:
             rows.append(
-                {"name": name, "version": str(manager.current.version), "state": "READY", "reason": ""}
+                {"name": name, "version": str(manager.served.version), "state": "READY", "reason": ""}
             )
     return rows
 
@@ -120,7 +120,7 @@ async def index(dataplane: DataPlaneDep) -> list[dict[str, Any]]:
 async def load(dataplane: DataPlaneDep, name: str) -> dict[str, Any]:
     if name not in await asyncio.to_thread(model_names, dataplane.settings.model_store):
         raise NotFound(f"the store has no model {name!r}", code="model_not_found")
-    outcome = await dataplane.serve(name).refresh(force=True)
+    outcome = await dataplane.serve(name).reload(force=True)
     if outcome.served is None:
         raise NotReady(f"model {name!r} has no servable version: {outcome.error}")
     return {"name": name, "load": True, "version": str(outcome.served)}
