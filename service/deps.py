@@ -6,14 +6,16 @@ more than the whole inference of a one-image request.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
 
 from service.config import Settings
 from service.dataplane import DataPlane
-from service.decoding import Limits
+from service.decoding import Limits, read_body
 from service.errors import NotFound, Unauthorized, brief
 from service.loader import LoadedModel
 
@@ -66,6 +68,24 @@ def version_number(raw: str | None) -> int | None:
     if not (0 < len(raw) <= 9 and raw.isascii() and raw.isdigit()):
         raise NotFound(f"{brief(raw)} is not a version number", code="version_not_found")
     return int(raw)
+
+
+@dataclass(frozen=True)
+class Admitted:
+    model: LoadedModel
+    body: bytes
+    deadline: float  # event-loop time: REQUEST_TIMEOUT_S after the whole body arrived, as for /predict
+
+
+async def admit(request: Request, name: str, version: int | None) -> Admitted:
+    """An inference request's start in the standard protocols: room in the model's queue (503 before
+    the body is read), the model and version (404), the body within MAX_BODY_BYTES, the deadline."""
+    state = request.app.state
+    dataplane: DataPlane = state.dataplane
+    dataplane.check_capacity(name)
+    model = await dataplane.model(name, version)
+    body = await read_body(request, state.limits.max_body_bytes)
+    return Admitted(model, body, asyncio.get_running_loop().time() + state.settings.request_timeout_s)
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]

@@ -39,6 +39,17 @@ class GatedEngine:
         return self.inner.predict(batch)
 
 
+def batcher_for(metrics: Metrics, *, max_queue_images: int, inline_max_images: int) -> MicroBatcher:
+    return MicroBatcher(
+        metrics,
+        model="fashion-mnist",
+        max_batch_images=64,
+        max_queue_images=max_queue_images,
+        timeout_s=10,
+        inline_max_images=inline_max_images,
+    )
+
+
 @pytest.fixture
 def model(tiny_store: Path) -> LoadedModel:
     return load_version(ModelStore(tiny_store, "fashion-mnist"), 1, "onnx", None)
@@ -50,14 +61,7 @@ def test_concurrent_requests_each_get_their_own_rows(model: LoadedModel) -> None
     metrics = Metrics()
 
     async def run() -> list[Inference]:
-        batcher = MicroBatcher(
-            metrics,
-            model="fashion-mnist",
-            max_batch_images=64,
-            max_queue_images=10_000,
-            timeout_s=10,
-            inline_max_images=16,
-        )
+        batcher = batcher_for(metrics, max_queue_images=10_000, inline_max_images=16)
         batcher.start()
         try:
             return await asyncio.gather(*(batcher.predict(model, images) for images in requests))
@@ -79,14 +83,7 @@ def test_concurrent_requests_each_get_their_own_rows(model: LoadedModel) -> None
 
 def test_an_idle_engine_runs_a_lone_request_at_once(model: LoadedModel) -> None:
     async def run() -> float:
-        batcher = MicroBatcher(
-            Metrics(),
-            model="fashion-mnist",
-            max_batch_images=64,
-            max_queue_images=100,
-            timeout_s=10,
-            inline_max_images=16,
-        )
+        batcher = batcher_for(Metrics(), max_queue_images=100, inline_max_images=16)
         batcher.start()
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -101,14 +98,7 @@ def test_different_versions_never_share_a_batch(model: LoadedModel) -> None:
     other = dataclasses.replace(model, version=2)
 
     async def run() -> list[Inference]:
-        batcher = MicroBatcher(
-            Metrics(),
-            model="fashion-mnist",
-            max_batch_images=64,
-            max_queue_images=100,
-            timeout_s=10,
-            inline_max_images=64,
-        )
+        batcher = batcher_for(Metrics(), max_queue_images=100, inline_max_images=64)
         batcher.start()
         zeros = np.zeros((1, 28, 28), np.float32)
         try:

@@ -7,7 +7,6 @@ decode pool. Errors are {"error": "message"} (service/errors.py).
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import numpy as np
@@ -23,9 +22,8 @@ from service.decoding import (
     convert_uploads,
     inline_or_pooled,
     open_images,
-    read_body,
 )
-from service.deps import DataPlaneDep, require_api_key, version_number
+from service.deps import DataPlaneDep, admit, require_api_key, version_number
 from service.errors import BadRequest, NotFound
 
 router = APIRouter(prefix="/v1/models", tags=["TF Serving REST (KServe V1)"])
@@ -71,11 +69,8 @@ def _split(target: str) -> tuple[str, str]:
 async def _run(request: Request, name: str, version: int | None, verb: str) -> Response:
     state = request.app.state
     dataplane: DataPlane = state.dataplane
-    dataplane.check_capacity(name)
-    model = await dataplane.model(name, version)
-    limits = state.limits
-    body = await read_body(request, limits.max_body_bytes)
-    deadline = asyncio.get_running_loop().time() + state.settings.request_timeout_s
+    admitted = await admit(request, name, version)
+    model, body, deadline, limits = admitted.model, admitted.body, admitted.deadline, state.limits
 
     def parse(_: object) -> tfserving.V1Request:
         if len(body) > INLINE_BODY_BYTES:

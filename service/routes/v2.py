@@ -16,8 +16,8 @@ from starlette.responses import Response
 from core.store import model_names
 from service import oip
 from service.dataplane import DataPlane
-from service.decoding import INLINE_BODY_BYTES, check_json_structure, inline_or_pooled, read_body
-from service.deps import DataPlaneDep, require_admin, require_api_key, version_number
+from service.decoding import INLINE_BODY_BYTES, check_json_structure, inline_or_pooled
+from service.deps import DataPlaneDep, admit, require_admin, require_api_key, version_number
 from service.errors import InvalidRequest, NotFound, NotReady
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol v2"])
@@ -40,12 +40,8 @@ async def infer(request: Request) -> Response:
     name, version = request.path_params["name"], version_number(request.path_params.get("version"))
     state = request.app.state
     dataplane: DataPlane = state.dataplane
-    dataplane.check_capacity(name)
-    model = await dataplane.model(name, version)
-    limits = state.limits
-    body = await read_body(request, limits.max_body_bytes)
-    # As for /predict: the request timeout runs from the moment the whole body has arrived.
-    deadline = asyncio.get_running_loop().time() + state.settings.request_timeout_s
+    admitted = await admit(request, name, version)
+    model, body, deadline, limits = admitted.model, admitted.body, admitted.deadline, state.limits
     header_length = request.headers.get(oip.HEADER_LENGTH)
     json_only = header_length is None
     max_images = limits.max_instances if json_only else limits.max_bulk_instances
