@@ -8,7 +8,8 @@ here, once, whichever protocol a request came in by.
 Each served model (MODEL_NAME and MODELS) has a ModelManager that follows its promoted version and a
 MicroBatcher of its own, so a busy model queues behind itself, never in front of another. A version
 asked for by number is loaded on first use (off the event loop, verified like any other) and kept
-among the MAX_LOADED_VERSIONS most recently used.
+among the MAX_LOADED_VERSIONS most recently used; one that fails is refused without another attempt
+for RETRY_POLLS poll intervals.
 """
 
 from __future__ import annotations
@@ -20,14 +21,15 @@ from collections import OrderedDict
 import numpy as np
 
 from core.engines import EngineError
-from core.store import StoreError
+from core.store import StoreError, VersionNotFound
 from service.batching import MicroBatcher
 from service.config import Settings
 from service.errors import NotFound, NotReady
-from service.loader import IncompatibleModel, Inference, LoadedModel, ModelManager
+from service.loader import RETRY_POLLS, IncompatibleModel, Inference, LoadedModel, ModelManager
 from service.metrics import Metrics
 
 VersionKey = tuple[str, int]
+MAX_REFUSED = 100  # failed versions remembered at once
 
 
 class DataPlane:
@@ -40,6 +42,10 @@ class DataPlane:
         self.max_loaded_versions = settings.max_loaded_versions
         self._explicit: OrderedDict[VersionKey, LoadedModel] = OrderedDict()
         self._loading: dict[VersionKey, asyncio.Task[LoadedModel]] = {}
+        # Versions that failed to load, with why and until when (event-loop time) that answer stands:
+        # a client asking again and again for a broken version must not keep the store thread busy.
+        self._refused: dict[VersionKey, tuple[str, float]] = {}
+        self.refusal_s = RETRY_POLLS * settings.poll_interval_s
         self._watchers: dict[str, asyncio.Task[None]] = {}
 
     # ---- life cycle ----
@@ -115,6 +121,10 @@ class DataPlane:
         if cached is not None:
             self._explicit.move_to_end(key)
             return cached
+        now = asyncio.get_running_loop().time()
+        refused = self._refused.get(key)
+        if refused is not None and now < refused[1]:
+            raise NotFound(refused[0], code="version_not_found")
         task = self._loading.get(key)
         if task is None:  # one load per version, however many requests ask for it meanwhile
             task = asyncio.create_task(self.managers[served.name].load(version), name=f"load-{key}")
@@ -123,11 +133,18 @@ class DataPlane:
         try:
             loaded = await asyncio.shield(task)
         except (StoreError, EngineError, IncompatibleModel) as exc:
-            raise NotFound(
-                f"model {served.name!r} version {version} cannot be served: {exc}", code="version_not_found"
-            ) from None
+            reason = f"model {served.name!r} version {version} cannot be served: {exc}"
+            if not isinstance(exc, VersionNotFound):  # a missing folder is cheap to find missing again
+                self._refuse(key, reason, now + self.refusal_s)
+            raise NotFound(reason, code="version_not_found") from None
         self._remember(key, loaded)
         return loaded
+
+    def _refuse(self, key: VersionKey, reason: str, until: float) -> None:
+        self._refused.pop(key, None)
+        self._refused[key] = (reason, until)
+        while len(self._refused) > MAX_REFUSED:  # the oldest first: dicts keep insertion order
+            del self._refused[next(iter(self._refused))]
 
     def _remember(self, key: VersionKey, loaded: LoadedModel) -> None:
         if self.max_loaded_versions == 0:

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from core.store import ONNX_FILE
 from tests.helpers import image_bytes, make_client, synthetic_images
 
 
@@ -18,6 +19,8 @@ from tests.helpers import image_bytes, make_client, synthetic_images
 def client(tiny_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
     store = Path(shutil.copytree(tiny_store, tmp_path_factory.mktemp("v1") / "store"))
     shutil.copytree(store / "fashion-mnist" / "1", store / "fashion-mnist" / "2")  # not promoted
+    shutil.copytree(store / "fashion-mnist" / "1", store / "fashion-mnist" / "3")
+    (store / "fashion-mnist" / "3" / ONNX_FILE).write_bytes(b"not a model")  # fails verification
     yield from make_client(store)
 
 
@@ -106,3 +109,12 @@ def test_mistakes_are_errors_in_tf_servings_shape(
     response = client.post(path, json=body)
     assert response.status_code == status
     assert set(response.json()) == {"error"} and fragment in response.json()["error"]
+
+
+def test_a_version_that_fails_verification_is_a_404_with_the_reason(client: TestClient) -> None:
+    for _ in range(2):  # the second answer comes from memory, without loading it again
+        response = client.post("/v1/models/fashion-mnist/versions/3:predict", json={"instances": [[0] * 784]})
+        assert response.status_code == 404
+        assert "version 3 cannot be served" in response.json()["error"]
+        assert "ONNX Runtime" in response.json()["error"]
+    assert client.post("/v1/models/fashion-mnist:predict", json={"instances": [[0] * 784]}).status_code == 200
