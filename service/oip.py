@@ -173,6 +173,9 @@ def _output_specs(raw: Any, model: LoadedModel, binary_default: bool) -> list[Ou
     if not isinstance(raw, list) or not all(isinstance(item, dict) for item in raw):
         raise InvalidRequest("outputs must be a list of objects")
     known = output_names(model)
+    names = [item.get("name") for item in raw]
+    if len(set(map(str, names))) != len(names):
+        raise InvalidRequest("each output may be asked for once")
     specs = []
     for item in raw:
         name, parameters = item.get("name"), item.get("parameters") or {}

@@ -154,6 +154,14 @@ def test_the_raw_binary_form_and_error_shapes(url: str) -> None:
         json={"inputs": [{"name": "pixels", "shape": [1, 784], "datatype": "FP32", "data": [True] * 784}]},
     )
     assert boolean.status_code == 400 and "boolean" in boolean.json()["error"]
+    repeated = httpx.post(
+        f"{base}/infer",
+        json={
+            "inputs": [{"name": "pixels", "shape": [1, 784], "datatype": "UINT8", "data": [0] * 784}],
+            "outputs": [{"name": "probabilities"}] * 1000,
+        },
+    )
+    assert repeated.status_code == 400 and "once" in repeated.json()["error"]
     not_json = httpx.post(f"{base}/infer", content=b"{nope")
     assert not_json.status_code == 400 and set(not_json.json()) == {"error"}
     unknown = httpx.get(f"http://{url}/v2/models/nope")
