@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# Builds the image and tests it for real: serve, predict, metrics, a training container publishing into a
-# shared volume, the serving container switching to it, and a clean `docker stop`. Fails loudly, never skips.
+# Builds both images (serve, the default target, and train) and tests them for real: sizes, serve,
+# predict, metrics, a training container publishing into a shared volume, the serving container
+# switching to it, and a clean `docker stop`. Fails loudly, never skips.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 IMAGE=${IMAGE:-fashion-serving:test}
+TRAIN_IMAGE=${TRAIN_IMAGE:-fashion-serving:test-train}
+MAX_SERVE_GROWTH_MB=230  # what the serving image may add to its base
 PORT=${PORT:-18080}
 VOLUME=fashion-serving-test-models
 SERVE=fashion-serving-test-serve
@@ -60,9 +63,16 @@ wait_for() {  # wait_for SECONDS DESCRIPTION COMMAND...
 
 start_engine
 BASE=$(pick_base)
-log "building $IMAGE on $BASE"
+log "building $IMAGE (serve) and $TRAIN_IMAGE (train) on $BASE"
 DOCKER_BUILDKIT=0 docker build -q --network host --build-arg BASE_IMAGE="$BASE" -t "$IMAGE" . >/dev/null
-log "image size: $(docker image inspect -f '{{.Size}}' "$IMAGE" | awk '{printf "%.0f MB", $1/1e6}')"
+DOCKER_BUILDKIT=0 docker build -q --network host --build-arg BASE_IMAGE="$BASE" --target train \
+  -t "$TRAIN_IMAGE" . >/dev/null
+size_mb() { docker image inspect -f '{{.Size}}' "$1" | awk '{printf "%.0f", $1/1e6}'; }
+base_mb=$(size_mb "$BASE") serve_mb=$(size_mb "$IMAGE") train_mb=$(size_mb "$TRAIN_IMAGE")
+log "image sizes: base $base_mb MB, serve $serve_mb MB (+$((serve_mb - base_mb))), train $train_mb MB (+$((train_mb - base_mb)))"
+[ $((serve_mb - base_mb)) -le $MAX_SERVE_GROWTH_MB ] || fail "the serving image adds more than $MAX_SERVE_GROWTH_MB MB to its base"
+docker run --rm "$IMAGE" python -c "import importlib.util as u, sys; sys.exit(u.find_spec('tensorflow') is not None)" \
+  || fail "the serving image carries TensorFlow"
 
 cleanup
 trap cleanup EXIT
@@ -79,7 +89,7 @@ log "HEALTHCHECK reports healthy"
 "$PYTHON" -m tests.container.check "http://127.0.0.1:$PORT" predict
 
 log "training container publishing into the shared volume"
-docker run --rm -v "$VOLUME:/app/models" -v "$DATA_DIR:/data:ro" "$IMAGE" \
+docker run --rm -v "$VOLUME:/app/models" -v "$DATA_DIR:/data:ro" "$TRAIN_IMAGE" \
   python -m training train --data-dir /data --epochs 1 --max-train-samples 2000 --promote always
 # The job publishes the version after the bundled ones.
 next_version=$(( $(find models/fashion-mnist -mindepth 1 -maxdepth 1 -name '[0-9]*' -type d | wc -l) + 1 ))
