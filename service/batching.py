@@ -44,6 +44,7 @@ class MicroBatcher:
         self.metrics = metrics
         # This batcher's series of the per-model metrics (one batcher per served model).
         self._queue_depth = metrics.queue_depth.labels(model)
+        metrics.queue_capacity.labels(model).set(max_queue_images)
         self._queue_time = metrics.queue_time.labels(model)
         self._inference_latency = metrics.inference_latency.labels(model)
         self._batch_size = metrics.batch_size.labels(model)

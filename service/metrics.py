@@ -88,6 +88,12 @@ class Metrics:
         self.queue_depth = Gauge(
             "model_queue_images", "Images waiting for the engine.", ["model"], registry=r
         )
+        self.queue_capacity = Gauge(
+            "model_queue_capacity_images",
+            "Images the queue holds before it refuses (MAX_QUEUE_IMAGES).",
+            ["model"],
+            registry=r,
+        )
         self.rejected = Counter(
             "model_rejected_requests",
             "Requests refused by the inference path: queue full, timed out, evaluations busy.",
