@@ -92,9 +92,9 @@ class DataPlane:
 
     # ---- lookup ----
 
-    @property
-    def ready(self) -> bool:
-        return all(manager.served is not None for manager in self.managers.values())
+    def waiting(self) -> list[str]:
+        """The served models that have no version loaded yet."""
+        return [name for name, manager in self.managers.items() if manager.served is None]
 
     def manager(self, name: str) -> ModelManager:
         manager = self.managers.get(name)

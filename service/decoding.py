@@ -181,15 +181,20 @@ def _check_media_type(media_type: str) -> None:
 # ---- JSON ----
 
 
+def parse_json(body: bytes, max_instances: int) -> Any:
+    """A JSON document, refused before parsing when its structure is larger than max_instances need."""
+    if len(body) > INLINE_BODY_BYTES:  # a small body cannot expand to much
+        _check_json_structure(body, max_instances)
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"the body is not valid JSON ({exc})", code="invalid_json") from exc
+
+
 def decode_json(
     body: bytes, max_instances: int, allowed_fields: frozenset[str] = frozenset()
 ) -> tuple[np.ndarray, dict[str, Any]]:
-    if len(body) > INLINE_BODY_BYTES:  # a small body cannot expand to much
-        check_json_structure(body, max_instances)
-    try:
-        document = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"the body is not valid JSON ({exc})", code="invalid_json") from exc
+    document = parse_json(body, max_instances)
     if not isinstance(document, dict):
         raise InvalidRequest("the JSON body must be an object", code="invalid_request")
     unknown = sorted(set(document) - allowed_fields - {"instances"})
@@ -211,7 +216,7 @@ def decode_json(
     return pixels_from_json(instances), fields
 
 
-def check_json_structure(body: bytes, max_instances: int) -> None:
+def _check_json_structure(body: bytes, max_instances: int) -> None:
     """Refuse, before parsing, a document larger in structure than max_instances images need.
 
     Parsed JSON takes up to ~40 times its size in Python objects: an object costs 64 bytes for the

@@ -52,6 +52,16 @@ class Inference:
             None if self.ood_flags is None else self.ood_flags[rows],
         )
 
+    @staticmethod
+    def concatenate(parts: list[Inference]) -> Inference:
+        """The inverse of slicing: parts of one version's answers, in order."""
+        scored = all(p.ood_scores is not None and p.ood_flags is not None for p in parts)
+        return Inference(
+            np.concatenate([p.probabilities for p in parts]),
+            np.concatenate([p.ood_scores for p in parts if p.ood_scores is not None]) if scored else None,
+            np.concatenate([p.ood_flags for p in parts if p.ood_flags is not None]) if scored else None,
+        )
+
 
 @dataclass(frozen=True)
 class LoadedModel:

@@ -12,14 +12,14 @@ BYTES "score:index:label", best first).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 import orjson
 
 from core.preprocessing import INPUT_SHAPE, PIXELS_PER_IMAGE, as_batch
-from service.decoding import has_boolean, may_hold_boolean
+from service.decoding import has_boolean, may_hold_boolean, parse_json
 from service.errors import BadRequest, InvalidRequest, PayloadTooLarge, brief
 from service.loader import Inference, LoadedModel
 
@@ -59,24 +59,36 @@ class InferRequest:
     parameters: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    datatype: str  # the Open Inference Protocol's name for it
+    shape: list[int]  # -1 for the batch
+
+
+def input_spec(model: LoadedModel) -> TensorSpec:
+    return TensorSpec(INPUT_NAME, "FP32", [-1, *model.metadata.input.shape])
+
+
+def output_specs(model: LoadedModel) -> list[TensorSpec]:
+    """What a version gives: probabilities, and the OOD score and flag when it has a detector."""
+    outputs = [TensorSpec("probabilities", "FP32", [-1, len(model.class_names)])]
+    if model.detector is not None:
+        outputs += [TensorSpec("ood_score", "FP32", [-1]), TensorSpec("ood", "BOOL", [-1])]
+    return outputs
+
+
 def output_names(model: LoadedModel) -> list[str]:
-    return ["probabilities", "ood_score", "ood"] if model.detector is not None else ["probabilities"]
+    return [spec.name for spec in output_specs(model)]
 
 
 def model_metadata(model: LoadedModel, versions: list[int]) -> dict[str, Any]:
-    classes = len(model.class_names)
-    outputs = [{"name": "probabilities", "datatype": "FP32", "shape": [-1, classes]}]
-    if model.detector is not None:
-        outputs += [
-            {"name": "ood_score", "datatype": "FP32", "shape": [-1]},
-            {"name": "ood", "datatype": "BOOL", "shape": [-1]},
-        ]
     return {
         "name": model.name,
         "versions": [str(v) for v in versions],
         "platform": "onnxruntime_onnx" if model.engine.kind == "onnx" else "tensorflow_keras",
-        "inputs": [{"name": INPUT_NAME, "datatype": "FP32", "shape": [-1, *model.metadata.input.shape]}],
-        "outputs": outputs,
+        "inputs": [asdict(input_spec(model))],
+        "outputs": [asdict(spec) for spec in output_specs(model)],
     }
 
 
@@ -91,10 +103,7 @@ def parse_infer(body: bytes, header_length: str | None, model: LoadedModel, max_
         header, binary = body[:length], body[length:]
     else:
         header, binary = body, b""
-    try:
-        document = orjson.loads(header)
-    except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"the inference request is not valid JSON ({exc})") from exc
+    document = parse_json(header, max_images)
     if not isinstance(document, dict) or not isinstance(document.get("inputs"), list):
         raise InvalidRequest("an inference request is an object with an 'inputs' list")
     inputs = document["inputs"]

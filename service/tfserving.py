@@ -21,7 +21,7 @@ from core.preprocessing import InvalidPixels
 from service.decoding import has_boolean, may_hold_boolean, pixels_from_json
 from service.errors import InvalidRequest, brief
 from service.loader import Inference, LoadedModel
-from service.oip import INPUT_NAME, output_names
+from service.oip import INPUT_NAME, TensorSpec, input_spec, output_specs
 
 B64 = "b64"
 
@@ -87,9 +87,8 @@ def predictions(model: LoadedModel, inference: Inference, row_format: bool) -> d
 
 def _columns(model: LoadedModel, inference: Inference) -> dict[str, list[Any]]:
     columns: dict[str, list[Any]] = {"probabilities": inference.probabilities.tolist()}
-    if "ood_score" in output_names(model) and inference.ood_scores is not None:
+    if inference.ood_scores is not None and inference.ood_flags is not None:
         columns["ood_score"] = inference.ood_scores.tolist()
-    if "ood" in output_names(model) and inference.ood_flags is not None:
         columns["ood"] = inference.ood_flags.tolist()
     return columns
 
@@ -114,21 +113,21 @@ def version_status(version: int) -> dict[str, Any]:
     }
 
 
+# The Open Inference Protocol's datatypes as TensorFlow names them.
+TF_DTYPES = {"FP32": "DT_FLOAT", "BOOL": "DT_BOOL"}
+
+
 def metadata(model: LoadedModel) -> dict[str, Any]:
-    def tensor(name: str, dtype: str, dims: list[int]) -> dict[str, Any]:
+    def tensor(spec: TensorSpec) -> dict[str, Any]:
         return {
-            "dtype": dtype,
-            "tensor_shape": {"dim": [{"size": str(d), "name": ""} for d in dims]},
-            "name": name,
+            "dtype": TF_DTYPES[spec.datatype],
+            "tensor_shape": {"dim": [{"size": str(d), "name": ""} for d in spec.shape]},
+            "name": spec.name,
         }
 
-    outputs = {"probabilities": tensor("probabilities", "DT_FLOAT", [-1, len(model.class_names)])}
-    if model.detector is not None:
-        outputs["ood_score"] = tensor("ood_score", "DT_FLOAT", [-1])
-        outputs["ood"] = tensor("ood", "DT_BOOL", [-1])
     signature = {
-        "inputs": {INPUT_NAME: tensor(INPUT_NAME, "DT_FLOAT", [-1, *model.metadata.input.shape])},
-        "outputs": outputs,
+        "inputs": {INPUT_NAME: tensor(input_spec(model))},
+        "outputs": {spec.name: tensor(spec) for spec in output_specs(model)},
         "method_name": "tensorflow/serving/predict",
     }
     return {

@@ -127,16 +127,7 @@ async def _predict_in_batches(
     parts = [
         await dataplane.infer(model, images[i : i + size], deadline) for i in range(0, len(images), size)
     ]
-    return Inference(
-        np.concatenate([p.probabilities for p in parts]),
-        _joined([p.ood_scores for p in parts]),
-        _joined([p.ood_flags for p in parts]),
-    )
-
-
-def _joined(parts: list[np.ndarray | None]) -> np.ndarray | None:
-    present = [p for p in parts if p is not None]
-    return np.concatenate(present) if present and len(present) == len(parts) else None
+    return Inference.concatenate(parts)
 
 
 def parse_labels(raw: Any, count: int, class_names: list[str]) -> np.ndarray:

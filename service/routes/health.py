@@ -27,7 +27,7 @@ async def health() -> dict[str, str]:
     responses=error_responses(503),
 )
 async def ready(dataplane: DataPlaneDep) -> dict[str, object]:
-    waiting = [name for name, manager in dataplane.managers.items() if manager.served is None]
+    waiting = dataplane.waiting()
     if waiting:
         raise NotReady(f"no version loaded yet for {', '.join(waiting)}")
     served = [dataplane.served(name) for name in dataplane.managers]

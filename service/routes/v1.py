@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response
@@ -18,13 +17,13 @@ from service import tfserving
 from service.dataplane import DataPlane
 from service.decoding import (
     INLINE_BODY_BYTES,
-    check_json_structure,
     convert_uploads,
     inline_or_pooled,
     open_images,
+    parse_json,
 )
 from service.deps import DataPlaneDep, admit, require_api_key, version_number
-from service.errors import BadRequest, NotFound
+from service.errors import NotFound
 
 router = APIRouter(prefix="/v1/models", tags=["TF Serving REST (KServe V1)"])
 VERBS = {"predict": "instances", "classify": "examples"}
@@ -73,23 +72,18 @@ async def _run(request: Request, name: str, version: int | None, verb: str) -> R
     model, body, deadline, limits = admitted.model, admitted.body, admitted.deadline, state.limits
 
     def parse(_: object) -> tfserving.V1Request:
-        if len(body) > INLINE_BODY_BYTES:
-            check_json_structure(body, limits.max_instances)
-        try:
-            document = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            raise BadRequest(f"the body is not valid JSON ({exc})") from exc
+        document = parse_json(body, limits.max_instances)
         return tfserving.parse_request(document, VERBS[verb], limits.max_instances, body)
 
     parsed = await inline_or_pooled(parse, len(body) <= INLINE_BODY_BYTES, state.decode_pool, deadline)
-    images = parsed.pixels
-    if parsed.images is not None:
-        files = [(f"instance {i}", data, None) for i, data in enumerate(parsed.images)]
+    if parsed.pixels is not None:
+        images = parsed.pixels
+    else:  # image files: converted as uploads are
+        files = [(f"instance {i}", data, None) for i, data in enumerate(parsed.images or [])]
         images = await state.decode_pool.run(
             lambda cancelled: convert_uploads(open_images(files, limits), "auto", cancelled), deadline
         )
-    assert images is not None
-    inference = await dataplane.infer(model, np.asarray(images), deadline)
+    inference = await dataplane.infer(model, images, deadline)
     answer = (
         tfserving.predictions(model, inference, parsed.row_format)
         if verb == "predict"

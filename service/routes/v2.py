@@ -16,7 +16,7 @@ from starlette.responses import Response
 from core.store import model_names
 from service import oip
 from service.dataplane import DataPlane
-from service.decoding import INLINE_BODY_BYTES, check_json_structure, inline_or_pooled
+from service.decoding import INLINE_BODY_BYTES, inline_or_pooled
 from service.deps import DataPlaneDep, admit, require_admin, require_api_key, version_number
 from service.errors import InvalidRequest, NotFound, NotReady
 
@@ -43,15 +43,13 @@ async def infer(request: Request) -> Response:
     admitted = await admit(request, name, version)
     model, body, deadline, limits = admitted.model, admitted.body, admitted.deadline, state.limits
     header_length = request.headers.get(oip.HEADER_LENGTH)
-    json_only = header_length is None
-    max_images = limits.max_instances if json_only else limits.max_bulk_instances
-
-    def decode(_: object) -> oip.InferRequest:
-        if json_only and len(body) > INLINE_BODY_BYTES:
-            check_json_structure(body, limits.max_instances)
-        return oip.parse_infer(body, header_length, model, max_images)
-
-    parsed = await inline_or_pooled(decode, len(body) <= INLINE_BODY_BYTES, state.decode_pool, deadline)
+    max_images = limits.max_instances if header_length is None else limits.max_bulk_instances
+    parsed = await inline_or_pooled(
+        lambda _: oip.parse_infer(body, header_length, model, max_images),
+        len(body) <= INLINE_BODY_BYTES,
+        state.decode_pool,
+        deadline,
+    )
     inference = await dataplane.infer(model, parsed.images, deadline)
     content, json_length = oip.encode_infer(model, parsed, inference)
     if json_length is None:
@@ -70,7 +68,7 @@ async def live() -> dict[str, bool]:
 
 @router.get("/health/ready", summary="Ready: 200 once every served model has a version loaded")
 async def ready(dataplane: DataPlaneDep) -> dict[str, bool]:
-    if not dataplane.ready:
+    if dataplane.waiting():
         raise NotReady("not every served model has a version loaded yet")
     return {"ready": True}
 
