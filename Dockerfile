@@ -3,6 +3,7 @@
 #   docker build --target train -t fashion-serving:train .  training jobs: TensorFlow and the training CLI
 # BASE_IMAGE must provide Python 3.11 with venv: the official image, or a plain Debian bookworm base.
 ARG BASE_IMAGE=python:3.11-slim
+# checkov:skip=CKV_DOCKER_7:The base is an argument; its default has a version tag (python:3.11-slim).
 
 # ---- build stages: one virtual environment each ----
 

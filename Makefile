@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PORT ?= 8000
 
-.PHONY: install install-dev run test test-fast lint format bench attacks docker-test clean
+.PHONY: install install-dev deploy-tools run test test-fast lint format bench attacks docker-test clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,17 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	touch $@ $(VENV)/.installed
 
 install: $(VENV)/.installed
+
+# Offline checkers of deploy/ (tests/test_deploy.py), in a venv of their own: checkov pins many packages.
+DEPLOY_VENV ?= .venv-deploy
+DEPLOY_TOOLS := checkov==3.3.30 kubernetes-validate==1.37.0
+$(DEPLOY_VENV)/.installed:
+	$(PYTHON) -m venv $(DEPLOY_VENV)
+	$(DEPLOY_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(DEPLOY_VENV)/bin/python -m pip install --quiet $(DEPLOY_TOOLS)
+	touch $@
+
+deploy-tools: $(DEPLOY_VENV)/.installed
 
 install-dev: $(VENV)/.installed-dev
 
@@ -51,4 +62,4 @@ docker-test: install-dev
 	bash tests/container/run.sh
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(DEPLOY_VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
@@ -25,6 +26,18 @@ from core.store import METADATA_FILE, ModelStore
 
 REPO = Path(__file__).resolve().parent.parent
 BUNDLED_STORE = REPO / "models"
+DEPLOY_TOOLS = REPO / ".venv-deploy"
+
+
+def require_tool(name: str, install: str) -> str:
+    """The path of a command-line tool the test needs: on PATH or in the deploy tools' venv
+    (`make deploy-tools`). Missing, the test fails under CI (which installs it) and skips elsewhere."""
+    found = shutil.which(name) or shutil.which(name, path=str(DEPLOY_TOOLS / "bin"))
+    if found is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{name} is missing under CI: .ci/run must install it ({install})")
+        pytest.skip(f"{name} not installed ({install})")
+    return found
 
 
 def make_client(store: Path, **overrides: object) -> Iterator[TestClient]:
