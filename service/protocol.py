@@ -12,6 +12,10 @@ run`), that lets a handful of sockets hold memory or every connection slot. This
 - max_connections: connections opened beyond it get 503 with Retry-After on their first request and
   are closed.
 
+A response's head is held back until its body and both leave in one write: one system call fewer per
+response, and a process killed mid-response (SIGKILL, OOM) never leaves a peer such as a load balancer
+with a head it has already passed on and no body, which it could no longer retry elsewhere.
+
 Idle kept-alive connections are closed by uvicorn's own keep-alive timeout. Requests refused here
 never reach the application; the answer is the API's JSON error shape, written here directly.
 """
@@ -39,6 +43,37 @@ class ConnectionLimits:
     max_headers: int
     header_timeout_s: float
     on_refused: Callable[[str], None] = lambda reason: None  # counts refusals (a metric)
+
+
+class OneWriteResponse:
+    """A request's view of the connection that holds its response head back until the first body write
+    (an empty one included) and sends both together. `100 Continue` is no response head: it goes at once."""
+
+    __slots__ = ("_head", "_transport")
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        self._head: bytes | None = None
+
+    def write(self, data: bytes) -> None:
+        if self._head is None and data.startswith(b"HTTP/1.1 ") and not data.startswith(b"HTTP/1.1 100 "):
+            self._head = data
+            return
+        if self._head:
+            data, self._head = self._head + data, b""
+        self._transport.write(data)
+
+    def close(self) -> None:
+        if self._head:
+            self._transport.write(self._head)
+            self._head = b""
+        self._transport.close()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return self._transport.get_extra_info(name, default)
 
 
 class _Refused(Exception):
@@ -119,6 +154,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             )
             raise _Refused
         super().on_headers_complete()
+        if self.scope["method"] != "HEAD":  # a HEAD response has no body to wait for
+            self.cycle.transport = OneWriteResponse(self.transport)  # type: ignore[assignment]
 
     # ---- head state ----
 

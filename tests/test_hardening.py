@@ -6,6 +6,7 @@ answers with the right status. Limits and timeouts are set small so that nothing
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -31,6 +32,7 @@ from bench.attacks import (
     running_service,
     send_quietly,
 )
+from service.protocol import OneWriteResponse
 from tests.helpers import REPO, wait_until
 
 pytestmark = pytest.mark.slow
@@ -369,3 +371,29 @@ def test_a_fifo_in_place_of_current_json_blocks_nothing(store_copy: Path, tmp_pa
         wait_until(lambda: following.metric(failed) > failures + 2)
         assert httpx.get(f"{following.url}/health", timeout=2).status_code == 200
         assert following.predict() == 200  # the served version keeps serving
+
+
+class _RecordingTransport(asyncio.Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> None:  # type: ignore[override]
+        self.writes.append(bytes(data))
+
+
+def test_a_response_head_and_its_body_leave_in_one_write() -> None:
+    """So that a replica killed mid-response never leaves a load balancer holding a head without a body
+    (which it has already passed on and can no longer retry elsewhere): see tests/test_fleet.py."""
+    transport = _RecordingTransport()
+    response = OneWriteResponse(transport)
+    response.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # not a response head: goes at once
+    response.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n")
+    assert transport.writes == [b"HTTP/1.1 100 Continue\r\n\r\n"]
+    response.write(b"{}")
+    assert transport.writes[1:] == [b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}"]
+    empty = _RecordingTransport()
+    no_body = OneWriteResponse(empty)
+    no_body.write(b"HTTP/1.1 304 Not Modified\r\n\r\n")
+    no_body.write(b"")  # what uvicorn writes for an empty body
+    assert empty.writes == [b"HTTP/1.1 304 Not Modified\r\n\r\n"]
