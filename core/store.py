@@ -53,6 +53,9 @@ MAX_VERSION = 999_999_999
 # Store files are small; a larger one is refused rather than read into memory.
 MAX_POINTER_BYTES = 64 * 1024
 MAX_METADATA_BYTES = 4 * 1024 * 1024
+# The PNG figures a version carries for people (the page, a file browser); FIGURE_FILES is what may be read.
+FIGURE_FILES = (CURVES_FILE, RELIABILITY_FILE)
+MAX_FIGURE_BYTES = 8 * 1024 * 1024
 
 
 class StoreError(Exception):
@@ -196,6 +199,18 @@ class ModelStore:
             return ModelMetadata.model_validate_json(read_small_file(path, MAX_METADATA_BYTES))
         except (OSError, ValidationError, ValueError) as exc:
             raise StoreError(f"{path}: unreadable metadata ({_first_line(exc)})") from exc
+
+    def read_figure(self, version: int, name: str) -> bytes:
+        """One of a version's FIGURE_FILES; VersionNotFound when the version or the figure is not there."""
+        if name not in FIGURE_FILES:
+            raise VersionNotFound(f"versions carry no figure {name!r}; figures: {', '.join(FIGURE_FILES)}")
+        path = self.version_dir(version) / name
+        try:
+            return read_small_file(path, MAX_FIGURE_BYTES)
+        except FileNotFoundError:
+            raise VersionNotFound(f"version {version} of {self.name!r} has no {name}") from None
+        except OSError as exc:
+            raise StoreError(f"{path}: unreadable ({_first_line(exc)})") from exc
 
     def current(self) -> CurrentPointer | None:
         path = self.directory / CURRENT_FILE

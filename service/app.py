@@ -14,7 +14,7 @@ from service.decoding import DecodePool, Limits
 from service.errors import install_error_handlers
 from service.metrics import Metrics
 from service.middleware import BodyGuardMiddleware, ObservabilityMiddleware
-from service.routes import admin, evaluate, health, model, predict, v1, v2
+from service.routes import admin, evaluate, health, model, predict, ui, v1, v2
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -51,7 +51,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     install_error_handlers(app)
     # The inference routes first: routes are matched in order, and these are the hot paths.
-    routers = (predict, v2, v1, evaluate, health, model, admin)
+    routers = (predict, v2, v1, evaluate, health, model, admin, ui)
     for router in (module.router for module in routers):
         app.include_router(router)
     app.include_router(v2.repository)

@@ -18,6 +18,7 @@ from starlette.responses import Response
 
 from core.datasets import DatasetError, DatasetNotFound
 from core.preprocessing import ImageFormatMismatch, ImageTooLarge, InvalidInput
+from core.store import StoreError
 
 logger = logging.getLogger(__name__)
 CLIENT_CLOSED_REQUEST = 499
@@ -157,6 +158,12 @@ def install_error_handlers(app: FastAPI) -> None:
             return respond(request, 404, "dataset_not_found", "the test set is not installed on this server")
         logger.error("dataset unreadable: %s", exc)
         return respond(request, 500, "dataset_error", "the test set on this server cannot be read")
+
+    @app.exception_handler(StoreError)
+    async def store_error(request: Request, exc: StoreError) -> Response:
+        # The message names server paths: it goes to the log, the client gets a fixed text.
+        logger.error("model store: %s", exc)
+        return respond(request, 503, "store_unavailable", "the model store cannot be read right now")
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> Response:

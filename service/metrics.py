@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -12,6 +13,8 @@ from prometheus_client.registry import Collector
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 16384)
 CONFIDENCE_BUCKETS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
+# Inference requests, for summary(): POSTs, except to the routes that act on the server.
+OPERATOR_ROUTES = ("/admin", "/v2/repository")
 
 
 class BatchHistogram(Collector):
@@ -165,3 +168,45 @@ class Metrics:
             self._request_children[key] = children
         children[0].inc()
         children[1].observe(seconds)
+
+    def summary(self) -> dict[str, Any]:
+        """Cumulative totals of inference requests (count, 5xx, latency histogram) and of predictions per
+        model and class: what a page needs to draw rates over time from two readings."""
+        samples = [sample for family in self.registry.collect() for sample in family.samples]
+        inference_routes = {
+            s.labels["route"]
+            for s in samples
+            if s.name == "http_requests_total"
+            and s.labels["method"] == "POST"
+            and not s.labels["route"].startswith(OPERATOR_ROUTES)
+        }
+        requests = errors = 0
+        buckets: dict[str, float] = {}
+        latency_sum = 0.0
+        predictions: dict[str, dict[str, int]] = {}
+        ood: dict[str, int] = {}
+        for sample in samples:
+            labels = sample.labels
+            inference = labels.get("route") in inference_routes
+            if inference and sample.name == "http_requests_total":
+                requests += int(sample.value)
+                errors += int(sample.value) if labels["status"].startswith("5") else 0
+            elif inference and sample.name == "http_request_duration_seconds_bucket":
+                buckets[labels["le"]] = buckets.get(labels["le"], 0) + sample.value
+            elif inference and sample.name == "http_request_duration_seconds_sum":
+                latency_sum += sample.value
+            elif sample.name == "model_predictions_total":
+                predictions.setdefault(labels["model"], {})[labels["class_name"]] = int(sample.value)
+            elif sample.name == "model_ood_predictions_total":
+                ood[labels["model"]] = int(sample.value)
+        return {
+            "requests": requests,
+            "errors": errors,
+            "latency": {
+                "count": int(buckets.pop("+Inf", 0)),
+                "sum": latency_sum,
+                "buckets": [[float(le), int(count)] for le, count in buckets.items()],  # cumulative
+            },
+            "predictions": predictions,
+            "ood": ood,
+        }

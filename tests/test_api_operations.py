@@ -1,4 +1,5 @@
-"""Evaluate, health, model metadata, metrics, authentication and request ids."""
+"""Evaluate, health, model metadata, versions and figures, metrics and their summary, authentication and
+request ids."""
 
 from __future__ import annotations
 
@@ -138,6 +139,67 @@ def test_model_metadata(client: TestClient) -> None:
             "class_names": body["class_names"],
         }
     ]
+
+
+def test_a_served_models_versions_and_figures_are_readable(client: TestClient) -> None:
+    assert client.get("/models/fashion-mnist").json() == client.get("/model").json()
+    table = client.get("/models/fashion-mnist/versions").json()
+    assert (table["current"], table["served"]) == (1, 1)
+    assert [row["version"] for row in table["versions"]] == [1] and table["versions"][0]["served"]
+    for figure in ("learning_curves.png", "reliability.png"):
+        response = client.get(f"/models/fashion-mnist/versions/1/figures/{figure}")
+        assert response.status_code == 200 and response.content.startswith(b"\x89PNG\r\n")
+        assert (
+            response.headers["content-type"] == "image/png"
+            and "immutable" in response.headers["cache-control"]
+        )
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/models/fashion-mnist/versions/1/figures/metadata.json",  # a file, but not a figure
+        "/models/fashion-mnist/versions/1/figures/model.onnx",
+        "/models/fashion-mnist/versions/1/figures/..%2Fcurrent.json",
+        "/models/fashion-mnist/versions/1/figures/%2E%2E",
+        "/models/fashion-mnist/versions/2/figures/learning_curves.png",  # no such version
+        "/models/fashion-mnist/versions/0/figures/learning_curves.png",
+        "/models/fashion-mnist/versions/-1/figures/learning_curves.png",
+        "/models/fashion-mnist/versions/99999999999999999999/figures/learning_curves.png",
+        "/models/fashion-mnist/versions/abc/figures/learning_curves.png",
+        "/models/other/versions/1/figures/learning_curves.png",  # not a served model
+        "/models/..%2F..%2Fetc/versions",
+        "/models/other",
+    ],
+)
+def test_anything_but_a_served_versions_figure_is_a_404(client: TestClient, path: str) -> None:
+    response = client.get(path)
+    assert response.status_code == 404, response.text
+    assert "/" not in response.json()["error"]["message"].replace("/models", "")  # no server path
+
+
+def test_a_version_without_a_figure_is_a_404_not_a_500(store_copy: Path) -> None:
+    (store_copy / "fashion-mnist" / "1" / "reliability.png").unlink()
+    for client in make_client(store_copy):
+        response = client.get("/models/fashion-mnist/versions/1/figures/reliability.png")
+        assert (response.status_code, response.json()["error"]["code"]) == (404, "figure_not_found")
+
+
+def test_stats_sums_up_inference_requests_latency_and_predictions(client: TestClient) -> None:
+    before = client.get("/stats").json()
+    client.post("/predict", json={"instances": synthetic_images(np.array([7, 7, 1])).tolist()})
+    client.post("/predict", json={"instances": [[999] * 784]})
+    client.get("/health")  # not an inference request
+    after = client.get("/stats").json()
+    assert after["time"] >= before["time"]
+    assert after["requests"] == before["requests"] + 2 and after["errors"] == before["errors"]
+    assert after["latency"]["count"] == before["latency"]["count"] + 2
+    assert after["latency"]["sum"] > before["latency"]["sum"]
+    buckets = after["latency"]["buckets"]
+    assert [le for le, _ in buckets] == sorted(le for le, _ in buckets)
+    assert buckets[-1][1] <= after["latency"]["count"]
+    mix = after["predictions"]["fashion-mnist"]
+    assert mix["Sneaker"] == before["predictions"].get("fashion-mnist", {}).get("Sneaker", 0) + 2
 
 
 def test_metrics_parse_and_move_with_traffic(client: TestClient) -> None:

@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Depends
 
 from service.deps import DataPlaneDep, require_admin
-from service.loader import ModelManager
+from service.routes.model import version_table
 from service.schemas import error_responses
 
 router = APIRouter(
@@ -28,21 +28,4 @@ async def reload(dataplane: DataPlaneDep, model: str | None = None) -> dict[str,
 @router.get("/versions", summary="Versions in the store with their metrics; which is promoted and served")
 async def versions(dataplane: DataPlaneDep, model: str | None = None) -> dict[str, Any]:
     manager = dataplane.manager(model or dataplane.default_name)
-    return await manager.run_io(_version_table, manager)
-
-
-def _version_table(manager: ModelManager) -> dict[str, Any]:
-    """Reads the store: runs in the store thread."""
-    store = manager.store
-    served = manager.served.version if manager.served else None
-    rows = [
-        {**summary.model_dump(mode="json", exclude_none=True), "served": summary.version == served}
-        for summary in store.version_summaries()
-    ]
-    return {
-        "name": store.name,
-        "current": store.current_version(),
-        "pinned": manager.pinned,
-        "served": served,
-        "versions": rows,
-    }
+    return await manager.run_io(version_table, manager)

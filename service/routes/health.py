@@ -1,7 +1,10 @@
-"""Liveness, readiness and the Prometheus endpoint: cheap, never authenticated, GET or HEAD (health checkers
-use both)."""
+"""Liveness, readiness, the Prometheus endpoint and its JSON summary for the page: cheap, never
+authenticated, GET or HEAD (health checkers use both)."""
 
 from __future__ import annotations
+
+import time
+from typing import Any
 
 from fastapi import APIRouter, Request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -41,3 +44,8 @@ async def ready(dataplane: DataPlaneDep) -> dict[str, object]:
 @router.api_route("/metrics", methods=["GET", "HEAD"], summary="Prometheus metrics", response_class=Response)
 async def metrics(request: Request) -> Response:
     return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/stats", summary="Totals for the page's live charts: inference requests, latency, predictions")
+async def stats(request: Request) -> dict[str, Any]:
+    return {"time": time.time(), **request.app.state.metrics.summary()}

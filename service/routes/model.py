@@ -1,13 +1,16 @@
-"""The served models and their versions' metadata."""
+"""The served models, their versions' metadata and the figures each version carries (read-only)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from fastapi import APIRouter
+from starlette.responses import Response
 
-from service.deps import DataPlaneDep, ModelDep
-from service.loader import LoadedModel
+from core.store import FIGURE_FILES, VersionNotFound
+from service.deps import DataPlaneDep, ModelDep, version_number
+from service.errors import NotFound, brief
+from service.loader import LoadedModel, ModelManager
 from service.schemas import error_responses
 
 router = APIRouter(tags=["model"])
@@ -39,6 +42,63 @@ async def served_models(dataplane: DataPlaneDep) -> dict[str, Any]:
             }
         )
     return {"models": rows}
+
+
+@router.get(
+    "/models/{name}",
+    summary="Metadata of a served model's served version",
+    responses=error_responses(404, 503),
+)
+async def named_model(name: str, dataplane: DataPlaneDep) -> dict[str, Any]:
+    model = dataplane.served(name)
+    return {"engine": model.engine.kind, **public_metadata(model)}
+
+
+@router.get(
+    "/models/{name}/versions",
+    summary="The store's versions of a served model with their metrics; which is promoted and served",
+    responses=error_responses(404, 503),
+)
+async def versions(name: str, dataplane: DataPlaneDep) -> dict[str, Any]:
+    manager = dataplane.manager(name)
+    return await manager.run_io(version_table, manager)
+
+
+@router.get(
+    "/models/{name}/versions/{version}/figures/{figure}",
+    summary=f"A version's figure as PNG: {', '.join(FIGURE_FILES)}",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}}, **error_responses(404, 503)},
+)
+async def figure(name: str, version: str, figure: str, dataplane: DataPlaneDep) -> Response:
+    manager = dataplane.manager(name)
+    number = version_number(version)
+    try:
+        png = await manager.run_io(manager.store.read_figure, number, figure)
+    except VersionNotFound:
+        figures = ", ".join(FIGURE_FILES)
+        message = f"version {number} of {name!r} has no figure {brief(figure)}; figures: {figures}"
+        raise NotFound(message, code="figure_not_found") from None
+    # Versions are immutable: a figure never changes under its URL.
+    cache = {"Cache-Control": "public, max-age=86400, immutable"}
+    return Response(png, media_type="image/png", headers=cache)
+
+
+def version_table(manager: ModelManager) -> dict[str, Any]:
+    """Reads the store: runs in the store thread."""
+    store = manager.store
+    served = manager.served.version if manager.served else None
+    rows = [
+        {**summary.model_dump(mode="json", exclude_none=True), "served": summary.version == served}
+        for summary in store.version_summaries()
+    ]
+    return {
+        "name": store.name,
+        "current": store.current_version(),
+        "pinned": manager.pinned,
+        "served": served,
+        "versions": rows,
+    }
 
 
 def public_metadata(model: LoadedModel) -> dict[str, Any]:

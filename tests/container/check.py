@@ -25,11 +25,14 @@ def check_predictions(url: str) -> None:
     assert classes == {label}, f"expected class {label} for test image 0, got {classes}"
     bad = httpx.post(f"{url}/predict", json={"instances": [[300] * 784]})
     assert bad.status_code == 422, bad.text
+    page = httpx.get(f"{url}/")  # the page's files are package data: present in a non-editable install
+    assert page.status_code == 200 and "/ui/app.js" in page.text, page.text[:500]
+    assert httpx.get(f"{url}/ui/app.js").status_code == 200
     metrics = httpx.get(f"{url}/metrics").text
     assert 'http_requests_total{method="POST",route="/predict",status="200"} 2.0' in metrics, metrics[:2000]
     print(
         f"[container-test] predict: PNG and JSON of test image 0 -> class {label}; "
-        "422 on bad input; metrics ok"
+        "422 on bad input; the page at /; metrics ok"
     )
 
 
