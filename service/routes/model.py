@@ -24,7 +24,7 @@ PRIVATE_TRAINING_KEYS = frozenset({"dataset_source"})
     responses=error_responses(503),
 )
 async def default_model(model: ModelDep) -> dict[str, Any]:
-    return {"engine": model.engine.kind, **public_metadata(model)}
+    return public_metadata(model)
 
 
 @router.get("/models", summary="The served models: name, served version, loaded versions, classes")
@@ -51,7 +51,7 @@ async def served_models(dataplane: DataPlaneDep) -> dict[str, Any]:
 )
 async def named_model(name: str, dataplane: DataPlaneDep) -> dict[str, Any]:
     model = dataplane.served(name)
-    return {"engine": model.engine.kind, **public_metadata(model)}
+    return public_metadata(model)
 
 
 @router.get(
@@ -102,9 +102,10 @@ def version_table(manager: ModelManager) -> dict[str, Any]:
 
 
 def public_metadata(model: LoadedModel) -> dict[str, Any]:
-    """The version's metadata without what describes the server rather than the model: library
-    versions and where the training data lay. The version is the folder's, which is what serves."""
-    metadata = model.metadata.model_dump(mode="json", exclude={"framework"})
+    """The version's metadata and the engine serving it, without what describes the server rather than
+    the model: library versions and where the training data lay. The version is the folder's, which is
+    what serves."""
+    metadata = {"engine": model.engine.kind, **model.metadata.model_dump(mode="json", exclude={"framework"})}
     metadata["training"] = {k: v for k, v in metadata["training"].items() if k not in PRIVATE_TRAINING_KEYS}
     metadata["version"] = model.version
     return metadata
