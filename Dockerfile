@@ -56,7 +56,8 @@ COPY --from=build-train --chown=app:app /src/models /app/models
 # ---- the serving image (the default target: last) ----
 
 FROM runtime AS serve
-ENV HOST=0.0.0.0 PORT=8000
+# WORKERS=auto: one worker process per CPU the container may use (its CPU limit counts).
+ENV HOST=0.0.0.0 PORT=8000 WORKERS=auto
 EXPOSE 8000
 HEALTHCHECK --interval=5s --timeout=3s --start-period=10s --retries=3 \
     CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/health/ready', timeout=2).status != 200)"]

@@ -49,6 +49,25 @@ def product_photo(item: np.ndarray, rng: np.random.Generator) -> Photo:
     return Photo(buffer.getvalue(), "image/png")
 
 
+def phone_photo(item: np.ndarray, size: tuple[int, int] = (600, 800), seed: int = 0) -> bytes:
+    """A JPEG of the item filling about 70 % of a portrait frame of `size`, as a phone upload arrives
+    (the benchmark's photo request)."""
+    rng = np.random.default_rng(seed)
+    width, height = size
+    side = int(0.7 * width)
+    dark_on_light = Image.fromarray((255 - np.asarray(item, dtype=np.float32)).astype(np.uint8))
+    enlarged = np.asarray(dark_on_light.resize((side, side), Image.Resampling.BICUBIC), dtype=np.float32)
+    canvas = np.full((height, width), 255.0, dtype=np.float32)
+    top, left = (height - side) // 2, (width - side) // 2
+    canvas[top : top + side, left : left + side] = enlarged
+    photo = canvas[..., None] * np.array([0.97, 0.95, 0.92]) + rng.normal(0, 3, size=(height, width, 3))
+    buffer = io.BytesIO()
+    Image.fromarray(np.clip(np.rint(photo), 0, 255).astype(np.uint8), mode="RGB").save(
+        buffer, "JPEG", quality=90
+    )
+    return buffer.getvalue()
+
+
 def product_photos(items: np.ndarray, seed: int = 0) -> list[Photo]:
     rng = np.random.default_rng(seed)
     return [product_photo(item, rng) for item in items]

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from bench.photos import phone_photo
 from core.datasets import DatasetNotFound, load_fashion_mnist
 
 # tritonclient's binary request for one UINT8 image, probabilities back as binary.
@@ -42,6 +43,8 @@ WORKLOADS = {
     for w in (
         Workload("json1", 1, "application/json"),
         Workload("png1", 1, "multipart/form-data; boundary=benchboundary"),
+        # A 600x800 JPEG product photo, as a phone uploads it.
+        Workload("photo1", 1, "image/jpeg"),
         Workload("json256", 256, "application/json"),
         Workload("bin4096", 4096, "application/octet-stream"),
         # The standard protocols, one image per request, as their clients send it.
@@ -100,6 +103,7 @@ def build_bodies(folder: Path) -> dict[str, Path]:
                 b"\r\n--benchboundary--\r\n",
             ]
         ),
+        "photo1": phone_photo(images[0]),
         "json256": json.dumps({"instances": images[:256].reshape(256, -1).tolist()}).encode(),
         "bin4096": images.tobytes(),
         "v2bin1": V2_BINARY_HEADER + images[0].tobytes(),

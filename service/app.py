@@ -15,6 +15,7 @@ from service.errors import install_error_handlers
 from service.metrics import Metrics
 from service.middleware import BodyGuardMiddleware, ObservabilityMiddleware
 from service.routes import admin, evaluate, health, model, predict, ui, v1, v2
+from service.workers import WorkerGroup
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -28,9 +29,20 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.evaluations = asyncio.Semaphore(settings.max_evaluations)
         app.state.test_set = evaluate.TestSet(settings.fashion_mnist_dir)
         dataplane.start()
+        group = app.state.workers
+        tasks = (
+            []
+            if group is None
+            else [
+                asyncio.create_task(group.announce_ready(dataplane.waiting)),
+                asyncio.create_task(group.follow_supervisor()),
+            ]
+        )
         try:
             yield
         finally:
+            for task in tasks:
+                task.cancel()
             await dataplane.stop()
             decode_pool.shutdown()
 
@@ -42,6 +54,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.settings = settings
     app.state.metrics = metrics
+    app.state.workers = WorkerGroup.from_environment()  # None unless this is one of WORKERS > 1
     app.state.limits = Limits(
         max_body_bytes=settings.max_body_bytes,
         max_instances=settings.max_instances,

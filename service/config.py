@@ -10,6 +10,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from core.engines import EngineKind
 from core.preprocessing import DEFAULT_MAX_IMAGE_PIXELS
+from service.workers import usable_cpus
 
 
 class Settings(BaseSettings):
@@ -31,6 +32,11 @@ class Settings(BaseSettings):
         3, ge=0, description="Versions asked for by number kept loaded besides the promoted ones (LRU)."
     )
     engine: EngineKind = Field("auto", description="auto: ONNX when the version has it.")
+    workers: str = Field(
+        "1",
+        pattern=r"^(auto|[1-9][0-9]{0,3})$",
+        description="Worker processes on one port (1-9999); auto: one per CPU this process may use.",
+    )
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     api_key: SecretStr | None = Field(None, description="Unset: no authentication. Set: not empty.")
@@ -87,6 +93,10 @@ class Settings(BaseSettings):
         30.0, gt=0, description="Longest wait for a store read or a version load (hung file systems)."
     )
     fashion_mnist_dir: Path | None = Field(None, description="For /evaluate {'dataset': 'test'}.")
+
+    @property
+    def worker_count(self) -> int:
+        return usable_cpus() if self.workers == "auto" else int(self.workers)
 
     @property
     def served_models(self) -> tuple[str, ...]:

@@ -16,8 +16,9 @@ from fastapi import Depends, Request
 from service.config import Settings
 from service.dataplane import DataPlane
 from service.decoding import Limits, read_body
-from service.errors import NotFound, Unauthorized, brief
+from service.errors import NotFound, NotReady, Unauthorized, brief
 from service.loader import LoadedModel
+from service.workers import WorkerGroup
 
 
 async def get_settings(request: Request) -> Settings:
@@ -28,6 +29,16 @@ async def get_settings(request: Request) -> Settings:
 async def get_dataplane(request: Request) -> DataPlane:
     dataplane: DataPlane = request.app.state.dataplane
     return dataplane
+
+
+async def require_ready(request: Request) -> None:
+    """NotReady while a served model has no version, or (WORKERS > 1) a worker has not loaded its own."""
+    waiting = request.app.state.dataplane.waiting()
+    if waiting:
+        raise NotReady(f"no version loaded yet for {', '.join(waiting)}")
+    group: WorkerGroup | None = request.app.state.workers
+    if group is not None and (ready := group.ready_count()) < group.size:
+        raise NotReady(f"{ready} of {group.size} workers have loaded their models")
 
 
 async def get_model(request: Request) -> LoadedModel:

@@ -57,6 +57,11 @@ class NotFound(ApiError):
     code = "not_found"
 
 
+class Conflict(ApiError):
+    status = 409
+    code = "conflict"
+
+
 class BodyTimeout(ApiError):
     """The body stalled or crawled: answered with 408 and the connection is closed."""
 

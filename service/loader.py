@@ -214,6 +214,8 @@ class ModelManager:
         self._failed.pop(loaded.version, None)
         self.metrics.reloads.labels(self.name, "success").inc()
         if previous is not None:
+            # Zero first: with WORKERS > 1 the value lives on in the shared folder after remove().
+            self.metrics.model_info.labels(self.name, str(previous.version), previous.engine.kind).set(0)
             self.metrics.model_info.remove(self.name, str(previous.version), previous.engine.kind)
         self.metrics.model_info.labels(self.name, str(loaded.version), loaded.engine.kind).set(1)
         self.metrics.last_swap.labels(self.name).set(time.time())

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
 from typing import Any
 
 import numpy as np
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import HistogramMetricFamily
-from prometheus_client.registry import Collector
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 16384)
@@ -17,33 +15,36 @@ CONFIDENCE_BUCKETS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 OPERATOR_ROUTES = ("/admin", "/v2/repository")
 
 
-class BatchHistogram(Collector):
-    """A histogram observed a batch at a time with NumPy (one call per engine batch, not per image).
+class BatchHistogram:
+    """A labelled histogram observed a batch at a time with NumPy (one call per engine batch).
 
-    prometheus_client's Histogram takes one value per call, which costs more than the inference of
-    a large batch. Only the event loop observes, so no lock is needed.
+    prometheus_client's Histogram.observe takes one value per call, which costs more than the inference
+    of a large batch. This counts a whole batch into the buckets with one bincount and adds each count
+    to the Histogram's own bucket values, so the result is an ordinary Histogram, multiprocess mode
+    included. Only the event loop observes.
     """
 
-    def __init__(self, name: str, documentation: str, label: str, buckets: tuple[float, ...]) -> None:
-        self.name, self.documentation, self.label = name, documentation, label
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        label: str,
+        buckets: tuple[float, ...],
+        registry: CollectorRegistry,
+    ) -> None:
+        self.histogram = Histogram(name, documentation, [label], buckets=buckets, registry=registry)
         self.bounds = np.asarray(buckets, dtype=np.float64)
-        self._series: dict[str, tuple[np.ndarray, list[float]]] = {}  # label -> (bucket counts, [sum])
 
     def observe_many(self, label_value: str, values: np.ndarray) -> None:
-        counts, total = self._series.setdefault(
-            label_value, (np.zeros(len(self.bounds) + 1, dtype=np.int64), [0.0])
+        child = self.histogram.labels(label_value)
+        # Bucket i counts values <= bounds[i] (not cumulated: prometheus_client sums them when collected);
+        # the last one counts the rest (+Inf).
+        counts = np.bincount(
+            np.searchsorted(self.bounds, values, side="left"), minlength=len(self.bounds) + 1
         )
-        # Bucket i counts values <= bounds[i]; the last counts the rest (+Inf).
-        counts += np.bincount(np.searchsorted(self.bounds, values, side="left"), minlength=len(counts))
-        total[0] += float(np.sum(values))
-
-    def collect(self) -> Iterator[HistogramMetricFamily]:
-        family = HistogramMetricFamily(self.name, self.documentation, labels=[self.label])
-        for label_value, (counts, total) in self._series.items():
-            cumulative = np.cumsum(counts).tolist()
-            edges = [*(f"{bound:g}" for bound in self.bounds), "+Inf"]
-            family.add_metric([label_value], list(zip(edges, cumulative, strict=True)), total[0])
-        yield family
+        for index in np.flatnonzero(counts):
+            child._buckets[index].inc(int(counts[index]))
+        child._sum.inc(float(np.sum(values)))
 
 
 class Metrics:
@@ -65,11 +66,16 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        self.in_flight = Gauge("http_requests_in_flight", "HTTP requests being handled.", registry=r)
+        # Gauges say how the workers' values combine (WORKERS > 1): summed over the live ones, or the
+        # largest; model_info keeps one series per worker (a pid label), so a rollout shows per worker.
+        self.in_flight = Gauge(
+            "http_requests_in_flight", "HTTP requests being handled.", registry=r, multiprocess_mode="livesum"
+        )
         self.body_bytes = Gauge(
             "http_request_body_bytes_held",
             "Request body bytes held in memory (MAX_INFLIGHT_BODY_BYTES).",
             registry=r,
+            multiprocess_mode="livesum",
         )
         self.inference_latency = Histogram(
             "model_inference_duration_seconds",
@@ -89,13 +95,18 @@ class Metrics:
             registry=r,
         )
         self.queue_depth = Gauge(
-            "model_queue_images", "Images waiting for the engine.", ["model"], registry=r
+            "model_queue_images",
+            "Images waiting for the engine.",
+            ["model"],
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.queue_capacity = Gauge(
             "model_queue_capacity_images",
-            "Images the queue holds before it refuses (MAX_QUEUE_IMAGES).",
+            "Images the queues hold before they refuse (MAX_QUEUE_IMAGES per worker).",
             ["model"],
             registry=r,
+            multiprocess_mode="livesum",
         )
         self.rejected = Counter(
             "model_rejected_requests",
@@ -117,8 +128,8 @@ class Metrics:
             "Probability of the predicted class, per prediction.",
             "model",
             CONFIDENCE_BUCKETS,
+            r,
         )
-        r.register(self.confidence)
         self.ood = Counter(
             "model_ood_predictions",
             "Predictions flagged out-of-distribution (unlike the training data).",
@@ -126,7 +137,11 @@ class Metrics:
             registry=r,
         )
         self.model_info = Gauge(
-            "model_info", "The served model version (value 1).", ["name", "version", "engine"], registry=r
+            "model_info",
+            "The served model version (value 1).",
+            ["name", "version", "engine"],
+            registry=r,
+            multiprocess_mode="liveall",
         )
         self.load_duration = Histogram(
             "model_load_duration_seconds",
@@ -147,6 +162,7 @@ class Metrics:
             "Unix time the served version last changed.",
             ["model"],
             registry=r,
+            multiprocess_mode="max",
         )
 
     def observe_predictions(
@@ -169,10 +185,19 @@ class Metrics:
         children[0].inc()
         children[1].observe(seconds)
 
+    def exposition(self) -> CollectorRegistry:
+        """What /metrics shows: this registry, or with WORKERS > 1 every worker's values combined."""
+        folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        if not folder:
+            return self.registry
+        combined = CollectorRegistry()
+        multiprocess.MultiProcessCollector(combined, path=folder)
+        return combined
+
     def summary(self) -> dict[str, Any]:
         """Cumulative totals of inference requests (count, 5xx, latency histogram) and of predictions per
         model and class: what a page needs to draw rates over time from two readings."""
-        samples = [sample for family in self.registry.collect() for sample in family.samples]
+        samples = [sample for family in self.exposition().collect() for sample in family.samples]
         inference_routes = {
             s.labels["route"]
             for s in samples

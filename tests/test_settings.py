@@ -29,6 +29,8 @@ def test_defaults_need_no_environment() -> None:
         ("ENGINE", "gpu"),
         ("MAX_INSTANCES", "0"),
         ("POLL_INTERVAL_S", "-1"),
+        ("WORKERS", "0"),
+        ("WORKERS", "many"),
     ],
 )
 def test_invalid_settings_stop_start_up_naming_variable_and_value(
@@ -46,3 +48,12 @@ def test_an_empty_api_key_stops_start_up(monkeypatch: pytest.MonkeyPatch, value:
     monkeypatch.setenv("API_KEY", value)
     with pytest.raises(SystemExit, match=r"API_KEY=.*must not be empty"):
         load_settings()
+
+
+def test_workers_auto_means_the_cpus_this_process_may_use(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    monkeypatch.setenv("WORKERS", "auto")
+    assert 1 <= load_settings().worker_count <= len(os.sched_getaffinity(0))
+    monkeypatch.setenv("WORKERS", "3")
+    assert load_settings().worker_count == 3

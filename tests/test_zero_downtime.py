@@ -1,5 +1,6 @@
 """The real server under concurrent traffic while training jobs publish, a corrupt version is promoted,
-and an operator rolls back: not one failed request, and readiness never leaves 200."""
+and an operator rolls back: not one failed request, and readiness never leaves 200; with one worker and
+with two (WORKERS=2), for the refresh and for a graceful stop alike."""
 
 from __future__ import annotations
 
@@ -60,8 +61,8 @@ class Traffic:
         return min(times) if times else None
 
 
-@pytest.fixture
-def server(store_copy: Path) -> Iterator[str]:
+@pytest.fixture(params=[1, 2], ids=["1 worker", "2 workers"])
+def server(store_copy: Path, request: pytest.FixtureRequest) -> Iterator[str]:
     port = free_port()
     env = {
         **os.environ,
@@ -69,6 +70,7 @@ def server(store_copy: Path) -> Iterator[str]:
         "PORT": str(port),
         "POLL_INTERVAL_S": "0.2",
         "LOG_LEVEL": "warning",
+        "WORKERS": str(request.param),
     }
     process = subprocess.Popen([sys.executable, "-m", "service"], cwd=REPO, env=env)
     base_url = f"http://127.0.0.1:{port}"
@@ -159,9 +161,16 @@ def _reload_failures(base_url: str) -> float:
     return 0.0
 
 
-def test_sigterm_lets_an_in_flight_request_finish(store_copy: Path) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sigterm_lets_an_in_flight_request_finish(store_copy: Path, workers: int) -> None:
     port = free_port()
-    env = {**os.environ, "MODEL_STORE": str(store_copy), "PORT": str(port), "LOG_LEVEL": "warning"}
+    env = {
+        **os.environ,
+        "MODEL_STORE": str(store_copy),
+        "PORT": str(port),
+        "LOG_LEVEL": "warning",
+        "WORKERS": str(workers),
+    }
     process = subprocess.Popen([sys.executable, "-m", "service"], cwd=REPO, env=env)
     base_url = f"http://127.0.0.1:{port}"
     try:

@@ -10,8 +10,7 @@ from fastapi import APIRouter, Request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import Response
 
-from service.deps import DataPlaneDep
-from service.errors import NotReady
+from service.deps import DataPlaneDep, require_ready
 from service.schemas import Ready, error_responses
 
 router = APIRouter(tags=["operations"])
@@ -29,10 +28,8 @@ async def health() -> dict[str, str]:
     response_model=Ready,
     responses=error_responses(503),
 )
-async def ready(dataplane: DataPlaneDep) -> dict[str, object]:
-    waiting = dataplane.waiting()
-    if waiting:
-        raise NotReady(f"no version loaded yet for {', '.join(waiting)}")
+async def ready(request: Request, dataplane: DataPlaneDep) -> dict[str, object]:
+    await require_ready(request)
     served = [dataplane.served(name) for name in dataplane.managers]
     return {
         "status": "ready",
@@ -43,7 +40,7 @@ async def ready(dataplane: DataPlaneDep) -> dict[str, object]:
 
 @router.api_route("/metrics", methods=["GET", "HEAD"], summary="Prometheus metrics", response_class=Response)
 async def metrics(request: Request) -> Response:
-    return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(request.app.state.metrics.exposition()), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/stats", summary="Totals for the page's live charts: inference requests, latency, predictions")

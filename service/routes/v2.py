@@ -17,8 +17,8 @@ from core.store import model_names
 from service import oip
 from service.dataplane import DataPlane
 from service.decoding import INLINE_BODY_BYTES, inline_or_pooled
-from service.deps import DataPlaneDep, admit, require_admin, require_api_key, version_number
-from service.errors import InvalidRequest, NotFound, NotReady
+from service.deps import DataPlaneDep, admit, require_admin, require_api_key, require_ready, version_number
+from service.errors import Conflict, InvalidRequest, NotFound, NotReady
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol v2"])
 repository = APIRouter(
@@ -67,9 +67,8 @@ async def live() -> dict[str, bool]:
 
 
 @router.get("/health/ready", summary="Ready: 200 once every served model has a version loaded")
-async def ready(dataplane: DataPlaneDep) -> dict[str, bool]:
-    if dataplane.waiting():
-        raise NotReady("not every served model has a version loaded yet")
+async def ready(request: Request) -> dict[str, bool]:
+    await require_ready(request)
     return {"ready": True}
 
 
@@ -110,7 +109,19 @@ async def index(dataplane: DataPlaneDep) -> list[dict[str, Any]]:
     return rows
 
 
-@repository.post("/models/{name}/load", summary="Serve a model of the store, or reload a served one")
+async def one_process(request: Request) -> None:
+    """Loading and unloading change what one process serves: with WORKERS > 1 the others would differ."""
+    if request.app.state.workers is not None:
+        raise Conflict(
+            "with WORKERS > 1 models cannot be loaded or unloaded at run time; list them in MODELS"
+        )
+
+
+@repository.post(
+    "/models/{name}/load",
+    summary="Serve a model of the store, or reload a served one",
+    dependencies=[Depends(one_process)],
+)
 async def load(dataplane: DataPlaneDep, name: str) -> dict[str, Any]:
     if name not in await asyncio.to_thread(model_names, dataplane.settings.model_store):
         raise NotFound(f"the store has no model {name!r}", code="model_not_found")
@@ -120,7 +131,11 @@ async def load(dataplane: DataPlaneDep, name: str) -> dict[str, Any]:
     return {"name": name, "load": True, "version": str(outcome.served)}
 
 
-@repository.post("/models/{name}/unload", summary="Stop serving a model (not MODEL_NAME)")
+@repository.post(
+    "/models/{name}/unload",
+    summary="Stop serving a model (not MODEL_NAME)",
+    dependencies=[Depends(one_process)],
+)
 async def unload(dataplane: DataPlaneDep, name: str) -> dict[str, Any]:
     dataplane.manager(name)  # 404 when not served
     if name == dataplane.default_name:
