@@ -36,6 +36,17 @@ class ServerSpec:
     module: str
     workloads: tuple[str, ...]
     env: tuple[tuple[str, str], ...] = ()
+    peer: str | None = None  # a key of PEERS: runs in that venv (bench/.venvs/NAME), not this one
+    ready_path: str = "/health/ready"
+
+
+# Peers that pin what this project cannot share (KServe its FastAPI, PyTriton NumPy < 2): each gets a
+# venv the bench creates on first use, with exactly these packages.
+PEERS = {
+    "kserve": ("kserve==0.21.0", "onnxruntime==1.32.0"),
+    "triton": ("nvidia-pytriton==0.7.0", "numpy<2", "onnxruntime==1.32.0"),
+}
+PEER_VENVS = REPO / "bench" / ".venvs"
 
 
 @dataclass
@@ -106,7 +117,46 @@ def servers(version_dir: Path) -> list[ServerSpec]:
         ServerSpec(
             "naive", "bench.servers.naive", ("json1",), (("MODEL_FILE", str(version_dir / "model.keras")),)
         ),
+        # The servers people pick instead, serving the same ONNX file with the same ONNX Runtime options,
+        # each sent what its protocol expects.
+        ServerSpec(
+            "kserve",
+            "bench.servers.kserve_peer",
+            ("v1json1", "v2json1", "v2bin1"),
+            (("ONNX_FILE", str(version_dir / "model.onnx")),),
+            peer="kserve",
+            ready_path="/v1/models/fashion-mnist",
+        ),
+        ServerSpec(
+            "triton",
+            "bench.servers.triton_peer",
+            ("v2json1", "v2bin1"),
+            # PyTriton's Python backend loads the venv interpreter's libpython.
+            (("ONNX_FILE", str(version_dir / "model.onnx")), ("LD_LIBRARY_PATH", _libpython_dir())),
+            peer="triton",
+            ready_path="/v2/models/fashion-mnist/ready",
+        ),
     ]
+
+
+def _libpython_dir() -> str:
+    import sysconfig
+
+    return str(sysconfig.get_config_var("LIBDIR") or "")
+
+
+def peer_python(name: str) -> str:
+    """The interpreter of the peer's venv, created (once per set of requirements) when missing."""
+    requirements = PEERS[name]
+    venv = PEER_VENVS / name
+    stamp = venv / ".requirements"
+    if not stamp.is_file() or stamp.read_text() != "\n".join(requirements):
+        print(f"creating the {name} venv in {venv} (once): {' '.join(requirements)}", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
+        pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+        subprocess.run([*pip, *requirements], check=True)
+        stamp.write_text("\n".join(requirements))
+    return str(venv / "bin" / "python")
 
 
 def main() -> int:
@@ -197,6 +247,22 @@ def ratios(results: list[Result]) -> dict[str, float]:
         ("fast_echo", "json1", 64),
     )
     put("photo1@16 / png1@16 (target >= 0.4)", ("service", "photo1", 16), ("service", "png1", 16))
+    # Against the peers, request for request in the same protocol.
+    peers = [
+        ("triton", "v2json1", " (target >= 2)"),
+        ("triton", "v2bin1", " (target >= 2)"),
+        ("kserve", "v1json1", " (target >= 2)"),
+        ("kserve", "v2json1", ""),
+        ("kserve", "v2bin1", ""),
+    ]
+    for peer, workload, stated in peers:
+        for connections in (1, 64):
+            goal = stated if connections == 64 else ""
+            put(
+                f"{workload}@{connections} service / {peer}{goal}",
+                ("service", workload, connections),
+                (peer, workload, connections),
+            )
     for connections in (16, 64):
         put(
             f"json1@{connections} service_w2 (WORKERS=2) / service (target >= 1.4 at 64)",
@@ -229,9 +295,10 @@ def _current_version_dir() -> Path:
 def _running(spec: ServerSpec) -> Iterator[tuple[int, float]]:
     port = free_port()
     env = quiet_tensorflow({**os.environ, **dict(spec.env), "PORT": str(port), "HOST": "127.0.0.1"})
+    python = peer_python(spec.peer) if spec.peer else sys.executable
     started = time.perf_counter()
     process = subprocess.Popen(
-        [sys.executable, "-m", spec.module],
+        [python, "-m", spec.module],
         cwd=REPO,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -239,7 +306,7 @@ def _running(spec: ServerSpec) -> Iterator[tuple[int, float]]:
     )
     spec_url = f"http://127.0.0.1:{port}"
     try:
-        startup = _wait_ready(spec_url, process, started)
+        startup = _wait_ready(spec_url + spec.ready_path, process, started)
         os.environ["BENCH_URL"] = spec_url
         yield process.pid, startup
     finally:
@@ -250,13 +317,13 @@ def _running(spec: ServerSpec) -> Iterator[tuple[int, float]]:
             process.kill()
 
 
-def _wait_ready(url: str, process: subprocess.Popen[bytes], started: float) -> float:
+def _wait_ready(ready_url: str, process: subprocess.Popen[bytes], started: float) -> float:
     deadline = started + 120
     while time.perf_counter() < deadline:
         if process.poll() is not None:
             raise SystemExit(f"error: server exited with status {process.returncode} before it was ready")
         try:
-            if httpx.get(f"{url}/health/ready", timeout=1).status_code == 200:
+            if httpx.get(ready_url, timeout=1).status_code == 200:
                 return time.perf_counter() - started
         except httpx.HTTPError:
             pass
