@@ -86,23 +86,29 @@ def test_readiness_waits_for_every_worker_and_a_dead_worker_is_replaced(
     workers = _children(process.pid)
     assert len(workers) == 2
     os.kill(workers[0], signal.SIGKILL)
-    # Until the replacement has loaded, readiness is 503: from the other worker because not every worker
-    # is ready, and from the replacement because it has no version yet (each poll is a new connection,
-    # which the kernel gives to either worker). Then 200 again.
+    # Hold the replacement before it has loaded anything, so that readiness has to come from the other
+    # worker: it must say that not every worker is ready. (Polls the kernel gives to the held worker's
+    # socket time out; they are skipped.)
+    wait_until(lambda: len(set(_children(process.pid)) - set(workers)) == 1, timeout_s=10, interval_s=0.005)
+    (replacement,) = set(_children(process.pid)) - set(workers)
+    os.kill(replacement, signal.SIGSTOP)
     refusals: list[str] = []
 
-    def ready_again() -> bool:
-        response = httpx.get(f"{url}/health/ready", timeout=5)
+    def refused_by_the_other_worker() -> bool:
+        try:
+            response = httpx.get(f"{url}/health/ready", timeout=0.5)
+        except httpx.TimeoutException:
+            return False
         if response.status_code == 503:
             refusals.append(response.json()["error"]["message"])
-        return response.status_code == 200 and bool(refusals)
+        return bool(refusals)
 
-    wait_until(ready_again, timeout_s=60, interval_s=0.01)
-    assert "1 of 2 workers have loaded their models" in refusals
-    assert set(refusals) <= {
-        "1 of 2 workers have loaded their models",
-        "no version loaded yet for fashion-mnist",
-    }
+    try:
+        wait_until(refused_by_the_other_worker, timeout_s=20)
+    finally:
+        os.kill(replacement, signal.SIGCONT)
+    assert refusals == ["1 of 2 workers have loaded their models"]
+    wait_until(lambda: _status(f"{url}/health/ready") == 200, timeout_s=60)
     replaced = _children(process.pid)
     assert len(replaced) == 2 and workers[0] not in replaced and workers[1] in replaced
     # The dead worker's series are gone; its counts are kept (counters never go back).
