@@ -1,10 +1,10 @@
-"""WORKERS > 1: one listening socket, that many worker processes answering on it, one view of them all.
+"""WORKERS > 1: that many worker processes answering on one port, and one view of them all.
 
 The supervisor (`python -m service` with WORKERS > 1) binds one socket per worker to the port
 (SO_REUSEPORT) and starts each worker as `python -m service` with its socket's descriptor and a fresh
-shared folder in its environment. Each
-worker is a whole service: its own batcher, its own watch on the store (so all of them swap to a new
-version), its own event loop. The kernel spreads new connections evenly over the workers' sockets.
+shared folder in its environment. Each worker is a whole service: its own batcher, its own watch on the
+store (so all of them swap to a new version), its own event loop. The kernel spreads new connections
+evenly over the workers' sockets.
 
 The shared folder holds prometheus-client's multiprocess files, so /metrics on any worker shows the
 whole server (counters and histograms summed over workers, live gauges summed or per process), and one
