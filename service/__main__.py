@@ -1,7 +1,9 @@
 """`python -m service`: serve the store's current model with uvicorn, settings from the environment.
 
 With WORKERS > 1 this process supervises that many workers (service/workers.py), each of them this
-same command with the listening socket handed down."""
+same command with its listening socket handed down."""
+
+from __future__ import annotations
 
 import os
 
@@ -12,24 +14,17 @@ import os
 for _variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_variable, "1")
 
-import uvicorn  # noqa: E402
+from typing import TYPE_CHECKING  # noqa: E402
 
-from service.app import create_app  # noqa: E402
 from service.config import Settings, load_settings  # noqa: E402
 from service.logs import configure_logging  # noqa: E402
-from service.metrics import Metrics  # noqa: E402
-from service.protocol import ConnectionLimits, guarded_protocol  # noqa: E402
 from service.workers import supervise, worker_socket  # noqa: E402
 
+if TYPE_CHECKING:
+    import socket
 
-def connection_limits(settings: Settings, metrics: Metrics) -> ConnectionLimits:
-    return ConnectionLimits(
-        max_connections=settings.max_connections,
-        max_header_bytes=settings.max_header_bytes,
-        max_headers=settings.max_headers,
-        header_timeout_s=settings.header_timeout_s,
-        on_refused=lambda reason: metrics.http_rejected.labels(reason).inc(),
-    )
+    from service.metrics import Metrics
+    from service.protocol import ConnectionLimits
 
 
 def main() -> int:
@@ -38,6 +33,17 @@ def main() -> int:
     listener = worker_socket()
     if listener is None and settings.worker_count > 1:
         return supervise(settings.host, settings.port, settings.worker_count, settings.graceful_timeout_s)
+    return serve(settings, listener)
+
+
+def serve(settings: Settings, listener: socket.socket | None) -> int:
+    """One server process: alone (WORKERS=1), or a worker on the supervisor's socket. The app and uvicorn
+    are imported here, not by the supervisor: its workers start a second sooner without them."""
+    import uvicorn
+
+    from service.app import create_app
+    from service.protocol import guarded_protocol
+
     app = create_app(settings)
     config = uvicorn.Config(
         app,
@@ -54,6 +60,18 @@ def main() -> int:
     server = uvicorn.Server(config)
     server.run(sockets=[listener] if listener else None)
     return 0 if server.started else 3  # 3: did not start (port taken...), as uvicorn.run reports it
+
+
+def connection_limits(settings: Settings, metrics: Metrics) -> ConnectionLimits:
+    from service.protocol import ConnectionLimits
+
+    return ConnectionLimits(
+        max_connections=settings.max_connections,
+        max_header_bytes=settings.max_header_bytes,
+        max_headers=settings.max_headers,
+        header_timeout_s=settings.header_timeout_s,
+        on_refused=lambda reason: metrics.http_rejected.labels(reason).inc(),
+    )
 
 
 if __name__ == "__main__":
