@@ -19,7 +19,8 @@ from service.workers import WorkerGroup
 
 
 def create_app(settings: Settings) -> FastAPI:
-    metrics = Metrics()
+    workers = WorkerGroup.from_environment()  # None unless this is one of WORKERS > 1
+    metrics = Metrics(workers.folder if workers else None)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -29,13 +30,12 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.evaluations = asyncio.Semaphore(settings.max_evaluations)
         app.state.test_set = evaluate.TestSet(settings.fashion_mnist_dir)
         dataplane.start()
-        group = app.state.workers
         tasks = (
             []
-            if group is None
+            if workers is None
             else [
-                asyncio.create_task(group.announce_ready(dataplane.waiting)),
-                asyncio.create_task(group.follow_supervisor()),
+                asyncio.create_task(workers.announce_ready(dataplane.waiting)),
+                asyncio.create_task(workers.follow_supervisor()),
             ]
         )
         try:
@@ -54,7 +54,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.settings = settings
     app.state.metrics = metrics
-    app.state.workers = WorkerGroup.from_environment()  # None unless this is one of WORKERS > 1
+    app.state.workers = workers
     app.state.limits = Limits(
         max_body_bytes=settings.max_body_bytes,
         max_instances=settings.max_instances,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -48,7 +48,9 @@ class BatchHistogram:
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, shared_folder: Path | None = None) -> None:
+        """shared_folder: with WORKERS > 1, the folder of every worker's values (WorkerGroup.folder)."""
+        self.shared_folder = shared_folder
         # Labelled children cached per label set: .labels() costs a lock and a lookup on every call.
         self._request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
         self.registry = CollectorRegistry()
@@ -187,11 +189,10 @@ class Metrics:
 
     def exposition(self) -> CollectorRegistry:
         """What /metrics shows: this registry, or with WORKERS > 1 every worker's values combined."""
-        folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-        if not folder:
+        if self.shared_folder is None:
             return self.registry
         combined = CollectorRegistry()
-        multiprocess.MultiProcessCollector(combined, path=folder)
+        multiprocess.MultiProcessCollector(combined, path=str(self.shared_folder))
         return combined
 
     def summary(self) -> dict[str, Any]:

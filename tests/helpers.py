@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
@@ -148,6 +149,14 @@ def wait_until(condition: Callable[[], bool], timeout_s: float = 20.0, interval_
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout_s} s")
         time.sleep(interval_s)
+
+
+def status_of(url: str) -> int:
+    """The status of a GET, or 0 when nothing answered (a server not listening yet, or gone)."""
+    try:
+        return httpx.get(url, timeout=2).status_code
+    except httpx.HTTPError:
+        return 0
 
 
 def png16(pixels: np.ndarray) -> bytes:

@@ -28,7 +28,7 @@ import pytest
 import yaml
 
 from bench.attacks import free_port
-from tests.helpers import REPO, cli, require_tool, synthetic_images, wait_until
+from tests.helpers import REPO, cli, require_tool, status_of, synthetic_images, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -221,7 +221,7 @@ def fleet(store_copy: Path, tmp_path: Path) -> Iterator[Fleet]:
         result = Fleet(
             replicas, f"http://127.0.0.1:{balancer_port}", f"http://127.0.0.1:{prometheus_port}", folder
         )
-        wait_until(lambda: _answers(f"{result.balancer}/health/ready"), timeout_s=20)
+        wait_until(lambda: status_of(f"{result.balancer}/health/ready") == 200, timeout_s=20)
         wait_until(lambda: _scraped(result) == REPLICAS, timeout_s=30)
         yield result
     finally:
@@ -237,13 +237,6 @@ def _scraped(fleet: Fleet) -> int:
         return len(fleet.query('up{job="fashion-serving"} == 1', time.time()))
     except httpx.HTTPError:
         return 0
-
-
-def _answers(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def test_a_fleet_behind_nginx_loses_nothing_through_a_crash_and_a_rollout(

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from bench.attacks import free_port
-from tests.helpers import REPO, synthetic_images, wait_until
+from tests.helpers import REPO, status_of, synthetic_images, wait_until
 
 pytestmark = pytest.mark.slow
 BODY = {"instances": synthetic_images(np.array([3])).tolist()}
@@ -37,7 +37,7 @@ def start(store: Path, workers: int, **env: str) -> tuple[subprocess.Popen[bytes
     }
     process = subprocess.Popen([sys.executable, "-m", "service"], cwd=REPO, env=environment)
     url = f"http://127.0.0.1:{port}"
-    wait_until(lambda: _status(f"{url}/health/ready") == 200, timeout_s=60)
+    wait_until(lambda: status_of(f"{url}/health/ready") == 200, timeout_s=60)
     return process, url
 
 
@@ -108,7 +108,7 @@ def test_readiness_waits_for_every_worker_and_a_dead_worker_is_replaced(
     finally:
         os.kill(replacement, signal.SIGCONT)
     assert refusals == ["1 of 2 workers have loaded their models"]
-    wait_until(lambda: _status(f"{url}/health/ready") == 200, timeout_s=60)
+    wait_until(lambda: status_of(f"{url}/health/ready") == 200, timeout_s=60)
     replaced = _children(process.pid)
     assert len(replaced) == 2 and workers[0] not in replaced and workers[1] in replaced
     # The dead worker's series are gone; its counts are kept (counters never go back).
@@ -137,10 +137,3 @@ def _value(metrics: str, series: str) -> float:
     match = re.search(rf"^{re.escape(series)} (\S+)$", metrics, re.M)
     assert match, f"{series} not in /metrics"
     return float(match.group(1))
-
-
-def _status(url: str) -> int:
-    try:
-        return httpx.get(url, timeout=2).status_code
-    except httpx.HTTPError:
-        return 0

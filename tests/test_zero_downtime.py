@@ -21,7 +21,7 @@ import pytest
 
 from bench.attacks import free_port
 from core.store import MODEL_FILE, ONNX_FILE
-from tests.helpers import REPO, cli, republish, wait_until
+from tests.helpers import REPO, cli, republish, status_of, wait_until
 
 pytestmark = pytest.mark.slow
 CONNECTIONS = 16
@@ -75,7 +75,7 @@ def server(store_copy: Path, request: pytest.FixtureRequest) -> Iterator[str]:
     process = subprocess.Popen([sys.executable, "-m", "service"], cwd=REPO, env=env)
     base_url = f"http://127.0.0.1:{port}"
     try:
-        wait_until(lambda: _ready(base_url), timeout_s=30)
+        wait_until(lambda: status_of(f"{base_url}/health/ready") == 200, timeout_s=30)
         yield base_url
     finally:
         process.terminate()
@@ -174,7 +174,7 @@ def test_sigterm_lets_an_in_flight_request_finish(store_copy: Path, workers: int
     process = subprocess.Popen([sys.executable, "-m", "service"], cwd=REPO, env=env)
     base_url = f"http://127.0.0.1:{port}"
     try:
-        wait_until(lambda: _ready(base_url), timeout_s=30)
+        wait_until(lambda: status_of(f"{base_url}/health/ready") == 200, timeout_s=30)
         resume = threading.Event()
         pixels = bytes(784 * 64)
 
@@ -202,10 +202,3 @@ def test_sigterm_lets_an_in_flight_request_finish(store_copy: Path, workers: int
     finally:
         process.kill()
         process.wait()
-
-
-def _ready(base_url: str) -> bool:
-    try:
-        return httpx.get(f"{base_url}/health/ready").status_code == 200
-    except httpx.HTTPError:
-        return False
