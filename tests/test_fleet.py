@@ -222,6 +222,8 @@ def fleet(store_copy: Path, tmp_path: Path) -> Iterator[Fleet]:
             replicas, f"http://127.0.0.1:{balancer_port}", f"http://127.0.0.1:{prometheus_port}", folder
         )
         wait_until(lambda: status_of(f"{result.balancer}/health/ready") == 200, timeout_s=20)
+        # Prometheus answers 503 "Service Unavailable" (not JSON) until its storage is open.
+        wait_until(lambda: status_of(f"{result.prometheus}/-/ready") == 200, timeout_s=30)
         wait_until(lambda: _scraped(result) == REPLICAS, timeout_s=30)
         yield result
     finally:
