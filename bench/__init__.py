@@ -1,1 +1,1 @@
-"""Side-by-side load benchmark: this service, echo ceilings, a naive server and LitServe."""
+"""Side-by-side load benchmark: this service, echo ceilings, a naive server, LitServe, KServe and Triton."""

@@ -158,6 +158,22 @@ class ModelManager:
     def close(self) -> None:
         self._io.shutdown(wait=False, cancel_futures=True)
 
+    def version_table(self) -> dict[str, Any]:
+        """The store's versions with their metrics, and which is promoted, pinned and served (for
+        /admin/versions and /models/{name}/versions). Reads the store: call it through run_io."""
+        served = self.served.version if self.served else None
+        rows = [
+            {**summary.model_dump(mode="json", exclude_none=True), "served": summary.version == served}
+            for summary in self.store.version_summaries()
+        ]
+        return {
+            "name": self.store.name,
+            "current": self.store.current_version(),
+            "pinned": self.pinned,
+            "served": served,
+            "versions": rows,
+        }
+
     def target_version(self) -> int | None:
         return self.pinned if self.pinned is not None else self.store.current_version()
 

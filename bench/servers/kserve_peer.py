@@ -1,6 +1,7 @@
 """KServe's Python model server serving the same ONNX artifact with the same ONNX Runtime options, over
 its V1 (`instances`) and V2 (Open Inference Protocol) REST protocols. Runs in a venv of its own (the bench
-creates it: kserve pins its own FastAPI and NumPy), so it imports nothing from this project."""
+creates it: kserve pins its own FastAPI and NumPy), so it imports nothing from this project
+but bench/servers/peer_onnx.py."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ import os
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 from kserve import InferOutput, InferRequest, InferResponse, Model, ModelServer
+
+from bench.servers.peer_onnx import session
 
 
 class FashionModel(Model):
@@ -19,11 +21,7 @@ class FashionModel(Model):
         self.load()
 
     def load(self) -> bool:
-        options = ort.SessionOptions()  # as the service's OnnxEngine: one thread, no spinning
-        options.intra_op_num_threads = 1
-        options.inter_op_num_threads = 1
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(self.path, options, providers=["CPUExecutionProvider"])
+        self.session = session(self.path)
         self.input = self.session.get_inputs()[0].name
         self.output = self.session.get_outputs()[0].name
         self.ready = True

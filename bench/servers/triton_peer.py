@@ -1,7 +1,7 @@
 """Triton Inference Server through PyTriton (Triton's C++ HTTP front end and dynamic batcher, the model
 in a Python callable) serving the same ONNX artifact with the same ONNX Runtime options, over the Open
 Inference Protocol. Runs in a venv of its own (the bench creates it: PyTriton needs NumPy < 2), so it
-imports nothing from this project."""
+imports nothing from this project but bench/servers/peer_onnx.py."""
 
 from __future__ import annotations
 
@@ -9,24 +9,17 @@ import os
 import socket
 
 import numpy as np
-import onnxruntime as ort
 from pytriton.decorators import batch
 from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
 from pytriton.triton import Triton, TritonConfig
+
+from bench.servers.peer_onnx import session
 
 
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def session(path: str) -> ort.InferenceSession:
-    options = ort.SessionOptions()  # as the service's OnnxEngine: one thread, no spinning
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
 
 
 def main() -> None:

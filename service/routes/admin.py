@@ -7,7 +7,6 @@ from typing import Any
 from fastapi import APIRouter, Depends
 
 from service.deps import DataPlaneDep, require_admin
-from service.routes.model import version_table
 from service.schemas import error_responses
 
 router = APIRouter(
@@ -28,4 +27,4 @@ async def reload(dataplane: DataPlaneDep, model: str | None = None) -> dict[str,
 @router.get("/versions", summary="Versions in the store with their metrics; which is promoted and served")
 async def versions(dataplane: DataPlaneDep, model: str | None = None) -> dict[str, Any]:
     manager = dataplane.manager(model or dataplane.default_name)
-    return await manager.run_io(version_table, manager)
+    return await manager.run_io(manager.version_table)

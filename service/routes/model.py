@@ -10,7 +10,7 @@ from starlette.responses import Response
 from core.store import FIGURE_FILES, VersionNotFound
 from service.deps import DataPlaneDep, ModelDep, version_number
 from service.errors import NotFound, brief
-from service.loader import LoadedModel, ModelManager
+from service.loader import LoadedModel
 from service.schemas import error_responses
 
 router = APIRouter(tags=["model"])
@@ -61,7 +61,7 @@ async def named_model(name: str, dataplane: DataPlaneDep) -> dict[str, Any]:
 )
 async def versions(name: str, dataplane: DataPlaneDep) -> dict[str, Any]:
     manager = dataplane.manager(name)
-    return await manager.run_io(version_table, manager)
+    return await manager.run_io(manager.version_table)
 
 
 @router.get(
@@ -82,23 +82,6 @@ async def figure(name: str, version: str, figure: str, dataplane: DataPlaneDep) 
     # Versions are immutable: a figure never changes under its URL.
     cache = {"Cache-Control": "public, max-age=86400, immutable"}
     return Response(png, media_type="image/png", headers=cache)
-
-
-def version_table(manager: ModelManager) -> dict[str, Any]:
-    """Reads the store: runs in the store thread."""
-    store = manager.store
-    served = manager.served.version if manager.served else None
-    rows = [
-        {**summary.model_dump(mode="json", exclude_none=True), "served": summary.version == served}
-        for summary in store.version_summaries()
-    ]
-    return {
-        "name": store.name,
-        "current": store.current_version(),
-        "pinned": manager.pinned,
-        "served": served,
-        "versions": rows,
-    }
 
 
 def public_metadata(model: LoadedModel) -> dict[str, Any]:
