@@ -151,7 +151,10 @@ class ModelManager:
         """Run a store call in the store thread; StoreError when it takes longer than STORE_TIMEOUT_S."""
         future = asyncio.get_running_loop().run_in_executor(self._io, function, *args)
         try:
-            return await asyncio.wait_for(future, self.timeout_s)
+            # Not asyncio.wait_for: in Python 3.11 it returns the result when a cancellation meets a call
+            # that has just finished, and the cancelled watcher then polled on while shutdown waited.
+            async with asyncio.timeout(self.timeout_s):
+                return await future
         except TimeoutError:
             raise StoreError(f"the model store did not answer within {self.timeout_s:g} s") from None
 

@@ -153,3 +153,33 @@ def test_model_reports_the_folder_it_serves(live: TestClient, store_copy: Path) 
     store.promote(version)
     wait_until(lambda: served(live) == version, timeout_s=10)
     assert live.get("/model").json()["version"] == version
+
+
+def test_a_store_call_cancelled_as_it_finishes_is_still_cancelled(store_copy: Path) -> None:
+    """Shutdown cancels the store watcher; if its store call finished in the same instant, the
+    cancellation must still stop it (asyncio.wait_for in Python 3.11 returned the result instead, and
+    the watcher polled on while shutdown waited for it)."""
+    import asyncio
+    import threading
+    import time
+
+    from service.config import Settings
+    from service.loader import ModelManager
+    from service.metrics import Metrics
+
+    manager = ModelManager(Settings(model_store=store_copy), Metrics())
+    release = threading.Event()
+
+    async def scenario() -> None:
+        call = asyncio.create_task(manager.run_io(release.wait))
+        await asyncio.sleep(0.05)  # the store thread is waiting
+        release.set()
+        time.sleep(0.2)  # the loop is busy while the store call finishes and queues its result
+        call.cancel()  # the cancellation arrives in the same loop pass as the result
+        with pytest.raises(asyncio.CancelledError):
+            await call
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        manager.close()
