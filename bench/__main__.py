@@ -10,12 +10,13 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -297,12 +298,15 @@ def _running(spec: ServerSpec) -> Iterator[tuple[int, float]]:
     env = quiet_tensorflow({**os.environ, **dict(spec.env), "PORT": str(port), "HOST": "127.0.0.1"})
     python = peer_python(spec.peer) if spec.peer else sys.executable
     started = time.perf_counter()
+    # A session of its own, stopped as a whole: LitServe's spawned workers outlived their parent and
+    # kept a core busy through the servers measured after it.
     process = subprocess.Popen(
         [python, "-m", spec.module],
         cwd=REPO,
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     spec_url = f"http://127.0.0.1:{port}"
     try:
@@ -310,11 +314,25 @@ def _running(spec: ServerSpec) -> Iterator[tuple[int, float]]:
         os.environ["BENCH_URL"] = spec_url
         yield process.pid, startup
     finally:
-        process.terminate()
+        _stop_group(process)
+
+
+def _stop_group(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM to the server and everything it started; SIGKILL to what is left after 20 s."""
+    group = process.pid  # the session leader's pid is its process group's id
+    with suppress(ProcessLookupError):
+        os.killpg(group, signal.SIGTERM)
+    with suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=20)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
         try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
+            os.killpg(group, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    with suppress(ProcessLookupError):
+        os.killpg(group, signal.SIGKILL)
 
 
 def _wait_ready(ready_url: str, process: subprocess.Popen[bytes], started: float) -> float:
