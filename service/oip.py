@@ -118,6 +118,8 @@ def parse_infer(body: bytes, header_length: str | None, model: LoadedModel, max_
     parameters = document.get("parameters") or {}
     if not isinstance(parameters, dict):
         raise InvalidRequest("parameters must be an object")
+    if parameters.get("classification") is not None:
+        _check_classification(parameters["classification"])
     request_id = document.get("id")
     return InferRequest(
         images,
@@ -194,14 +196,17 @@ def _output_specs(raw: Any, model: LoadedModel, binary_default: bool) -> list[Ou
             )
         classification = parameters.get("classification")
         if classification is not None:
-            if not isinstance(classification, int) or isinstance(classification, bool) or classification < 1:
-                raise InvalidRequest(
-                    f"classification must be a positive integer, received {brief(classification)}"
-                )
+            _check_classification(classification)
             if name != "probabilities":
                 raise InvalidRequest("classification applies to the 'probabilities' output")
         specs.append(OutputSpec(name, bool(parameters.get("binary_data", binary_default)), classification))
     return specs
+
+
+def _check_classification(value: Any) -> None:
+    """The classification extension's k, on the request or on an output: a positive integer."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise InvalidRequest(f"classification must be a positive integer, received {brief(value)}")
 
 
 def encode_infer(model: LoadedModel, request: InferRequest, inference: Inference) -> tuple[bytes, int | None]:

@@ -85,7 +85,8 @@ class ErrorBody(BaseModel):
 
 class Ready(BaseModel):
     status: Literal["ready"]
-    model: ModelRef
+    model: ModelRef  # MODEL_NAME's served version
+    models: list[ModelRef]  # every served model's, MODEL_NAME first
 
 
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:

@@ -107,6 +107,7 @@ def test_health_and_readiness(client: TestClient) -> None:
     assert client.get("/health/ready").json() == {
         "status": "ready",
         "model": {"name": "fashion-mnist", "version": 1},
+        "models": [{"name": "fashion-mnist", "version": 1}],
     }
 
 

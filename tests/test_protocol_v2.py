@@ -203,3 +203,14 @@ def test_the_model_repository_extension_serves_and_stops_models(secured_url: str
             client.unload_model("fashion-mnist", headers=key)
         with pytest.raises(InferenceServerException, match="has no model 'ghost'"):
             client.load_model("ghost", headers=key)
+
+
+@pytest.mark.parametrize("k", [-3, 0, True, "3", 1.5])
+def test_a_request_level_classification_that_is_not_a_positive_integer_is_a_400(url: str, k: object) -> None:
+    document = {
+        "inputs": [{"name": "pixels", "shape": [1, 784], "datatype": "FP32", "data": [0] * 784}],
+        "parameters": {"classification": k},
+    }
+    response = httpx.post(f"http://{url}/v2/models/fashion-mnist/infer", json=document)
+    assert response.status_code == 400, response.text
+    assert "classification must be a positive integer" in response.json()["error"]
