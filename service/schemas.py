@@ -89,6 +89,16 @@ class Ready(BaseModel):
     models: list[ModelRef]  # every served model's, MODEL_NAME first
 
 
+def path_parameters(*names: str) -> dict[str, Any]:
+    """openapi_extra for a route that reads its path parameters from the request itself (no parameter
+    injection on the hot paths): without it the document names parameters no operation defines."""
+    return {
+        "parameters": [
+            {"name": name, "in": "path", "required": True, "schema": {"type": "string"}} for name in names
+        ]
+    }
+
+
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {status: {"model": ErrorBody} for status in statuses}
 

@@ -6,6 +6,7 @@ import io
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from openapi_spec_validator import OpenAPIV31SpecValidator
 
 from tests.helpers import image_bytes, synthetic_images
 
@@ -95,6 +96,14 @@ def test_the_openapi_document_describes_every_input_format(client: TestClient) -
     assert set(content) >= {"application/json", "multipart/form-data", "image/*", "application/octet-stream"}
     assert "instances" in content["application/json"]["schema"]["properties"]
     assert "PredictResponse" in spec["components"]["schemas"]
+
+
+def test_the_openapi_document_is_valid_for_schema_tools(client: TestClient) -> None:
+    # Client generators refuse a document whose paths name parameters an operation does not define.
+    spec = client.get("/openapi.json").json()
+    assert [str(error) for error in OpenAPIV31SpecValidator(spec).iter_errors()] == []
+    infer = spec["paths"]["/v2/models/{name}/versions/{version}/infer"]["post"]
+    assert {p["name"] for p in infer["parameters"]} == {"name", "version"}
 
 
 def test_every_prediction_carries_an_ood_flag_and_score(client: TestClient) -> None:

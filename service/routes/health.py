@@ -16,14 +16,15 @@ from service.schemas import Ready, error_responses
 router = APIRouter(tags=["operations"])
 
 
-@router.api_route("/health", methods=["GET", "HEAD"], summary="Liveness: 200 while the process works")
+@router.head("/health", include_in_schema=False)
+@router.get("/health", summary="Liveness: 200 while the process works")
 async def health() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.api_route(
+@router.head("/health/ready", include_in_schema=False)
+@router.get(
     "/health/ready",
-    methods=["GET", "HEAD"],
     summary="Readiness: 200 once every served model has a version loaded and warmed up",
     response_model=Ready,
     responses=error_responses(503),
@@ -38,7 +39,8 @@ async def ready(request: Request, dataplane: DataPlaneDep) -> dict[str, object]:
     }
 
 
-@router.api_route("/metrics", methods=["GET", "HEAD"], summary="Prometheus metrics", response_class=Response)
+@router.head("/metrics", include_in_schema=False)
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
 async def metrics(request: Request) -> Response:
     return Response(generate_latest(request.app.state.metrics.exposition()), media_type=CONTENT_TYPE_LATEST)
 

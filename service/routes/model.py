@@ -17,9 +17,9 @@ router = APIRouter(tags=["model"])
 PRIVATE_TRAINING_KEYS = frozenset({"dataset_source"})
 
 
-@router.api_route(
+@router.head("/model", include_in_schema=False)
+@router.get(
     "/model",
-    methods=["GET", "HEAD"],
     summary="Metadata of the served version",
     responses=error_responses(503),
 )

@@ -24,6 +24,7 @@ from service.decoding import (
 )
 from service.deps import DataPlaneDep, admit, require_api_key, version_number
 from service.errors import NotFound
+from service.schemas import path_parameters
 
 router = APIRouter(prefix="/v1/models", tags=["TF Serving REST (KServe V1)"])
 VERBS = {"predict": "instances", "classify": "examples"}
@@ -31,14 +32,18 @@ VERBS = {"predict": "instances", "classify": "examples"}
 
 # The hot paths, like /predict: no dependency injection or parameter validation, which cost more per
 # request than a one-image inference.
-@router.post("/{target}", summary="name:predict or name:classify")
+@router.post("/{target}", summary="name:predict or name:classify", openapi_extra=path_parameters("target"))
 async def run_served(request: Request) -> Response:
     await require_api_key(request)
     name, verb = _split(request.path_params["target"])
     return await _run(request, name, None, verb)
 
 
-@router.post("/{name}/versions/{target}", summary="version:predict or version:classify")
+@router.post(
+    "/{name}/versions/{target}",
+    summary="version:predict or version:classify",
+    openapi_extra=path_parameters("name", "target"),
+)
 async def run_version(request: Request) -> Response:
     await require_api_key(request)
     version, verb = _split(request.path_params["target"])

@@ -19,6 +19,7 @@ from service.dataplane import DataPlane
 from service.decoding import INLINE_BODY_BYTES, inline_or_pooled
 from service.deps import DataPlaneDep, admit, require_admin, require_api_key, require_ready, version_number
 from service.errors import Conflict, InvalidRequest, NotFound, NotReady
+from service.schemas import path_parameters
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol v2"])
 repository = APIRouter(
@@ -31,8 +32,16 @@ SERVER = {
 }
 
 
-@router.post("/models/{name}/infer", summary="Inference on the served version")
-@router.post("/models/{name}/versions/{version}/infer", summary="Inference on a version")
+@router.post(
+    "/models/{name}/infer",
+    summary="Inference on the served version",
+    openapi_extra=path_parameters("name"),
+)
+@router.post(
+    "/models/{name}/versions/{version}/infer",
+    summary="Inference on a version",
+    openapi_extra=path_parameters("name", "version"),
+)
 async def infer(request: Request) -> Response:
     # The hot path, like /predict: no dependency injection or parameter validation, which cost more
     # per request than a one-image inference.
