@@ -14,7 +14,7 @@ from service.decoding import DecodePool, Limits
 from service.errors import install_error_handlers
 from service.metrics import Metrics
 from service.middleware import BodyGuardMiddleware, ObservabilityMiddleware
-from service.routes import admin, evaluate, health, model, predict, ui, v1, v2
+from service.routes import admin, docs, evaluate, health, model, predict, ui, v1, v2
 from service.workers import WorkerGroup
 
 
@@ -51,6 +51,10 @@ def create_app(settings: Settings) -> FastAPI:
         summary="Class probabilities for 28x28 grayscale images, served from a versioned model store.",
         version="0.1.0",
         lifespan=lifespan,
+        # /docs is service/routes/docs.py's, from a package (FastAPI's loads Swagger UI from a CDN);
+        # one documentation page is enough, so ReDoc is not offered.
+        docs_url=None,
+        redoc_url=None,
         # The service has its own telemetry: Prometheus /metrics and a JSON access log with request ids.
         # FastAPI's OpenTelemetry hooks look up the global providers on every request, configured or
         # not: about 6 % of a one-image request.
@@ -68,7 +72,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     install_error_handlers(app)
     # The inference routes first: routes are matched in order, and these are the hot paths.
-    routers = (predict, v2, v1, evaluate, health, model, admin, ui)
+    routers = (predict, v2, v1, evaluate, health, model, admin, ui, docs)
     for router in (module.router for module in routers):
         app.include_router(router)
     app.include_router(v2.repository)

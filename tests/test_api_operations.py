@@ -315,3 +315,17 @@ def test_json_logs_survive_values_orjson_cannot_encode() -> None:
     record = logging.makeLogRecord({"msg": "big", "levelname": "ERROR", "version": 2**64 + 1})
     line = json.loads(JsonFormatter().format(record))
     assert (line["message"], line["version"]) == ("big", str(2**64 + 1))
+
+
+def test_the_api_documentation_is_served_from_the_service_itself(client: TestClient) -> None:
+    page = client.get("/docs")
+    assert page.status_code == 200 and b"cdn" not in page.content.lower()
+    assert "script-src 'self' 'sha256-" in page.headers["content-security-policy"]
+    for name in ("swagger-ui-bundle.js", "swagger-ui.css", "favicon.png"):
+        assert f"/docs/assets/{name}".encode() in page.content
+        asset = client.get(f"/docs/assets/{name}")
+        assert asset.status_code == 200 and len(asset.content) > 500
+        again = client.get(f"/docs/assets/{name}", headers={"if-none-match": asset.headers["etag"]})
+        assert again.status_code == 304
+    assert client.get("/docs/assets/..%2Fpyproject.toml").status_code == 404
+    assert client.get("/redoc").status_code == 404

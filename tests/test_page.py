@@ -287,3 +287,15 @@ def test_the_page_is_small_and_served_with_a_policy_that_allows_only_this_server
     again = httpx.get(server + "/", headers={"If-None-Match": page.headers["etag"]})
     assert again.status_code == 304
     assert httpx.get(f"{server}/ui/secrets.py").status_code == 404
+
+
+def test_the_api_documentation_renders_from_this_server_alone(driver: webdriver.Chrome, server: str) -> None:
+    # Swagger UI ships in a package: /docs works on a machine without internet, under a strict policy.
+    driver.get_log("performance"), driver.get_log("browser")  # forget the earlier tests' entries
+    tab = Page(driver, server)
+    driver.set_window_size(*DESKTOP)
+    driver.get(server + "/docs")
+    tab.wait(lambda: len(tab.find_all(".opblock-summary-path")) > 10)
+    paths = {element.text.replace("\u200b", "") for element in tab.find_all(".opblock-summary-path")}
+    assert {"/predict", "/v2/models/{name}/infer"} <= paths
+    tab.check_logs()

@@ -15,7 +15,12 @@ from starlette.responses import Response
 from service.errors import NotFound, brief
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
-MEDIA_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript", ".css": "text/css"}
+MEDIA_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript",
+    ".css": "text/css",
+    ".png": "image/png",
+}
 POLICY = {
     "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; "
     "img-src 'self' data: blob:; connect-src 'self'; base-uri 'none'; form-action 'none'; "
@@ -33,10 +38,11 @@ class Asset:
     etag: str
 
 
-def load_assets(folder: Path = STATIC) -> dict[str, Asset]:
+def load_assets(folder: Path = STATIC, names: tuple[str, ...] | None = None) -> dict[str, Asset]:
+    """The folder's files of the known types (or only those named), with their ETags."""
     assets = {}
     for path in sorted(folder.iterdir()):
-        if path.suffix in MEDIA_TYPES:
+        if path.suffix in MEDIA_TYPES and (names is None or path.name in names):
             body = path.read_bytes()
             etag = '"' + hashlib.sha256(body).hexdigest()[:20] + '"'
             assets[path.name] = Asset(body, MEDIA_TYPES[path.suffix], etag)
@@ -60,7 +66,11 @@ async def asset(name: str, request: Request) -> Response:
 
 
 def _serve(request: Request, name: str) -> Response:
-    found = ASSETS[name]
+    return serve_asset(request, ASSETS[name])
+
+
+def serve_asset(request: Request, found: Asset) -> Response:
+    """A file from memory: 304 when the client has this version (If-None-Match), else the file."""
     headers = {**POLICY, "ETag": found.etag}
     if request.headers.get("if-none-match") == found.etag:
         return Response(status_code=304, headers=headers)
