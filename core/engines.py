@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import threading
+import zipfile
 from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any, Literal, NamedTuple, Protocol
@@ -76,8 +77,12 @@ class KerasEngine:
 
     def __init__(self, path: Path) -> None:
         quiet_tensorflow(os.environ)
-        import keras
-
+        try:
+            import keras
+        except ImportError as exc:  # the serving image has no TensorFlow
+            raise EngineError(
+                f"{path.parent.name} has no {ONNX_FILE} and Keras is not installed to serve {path.name}"
+            ) from exc
         try:
             # safe_mode stays on: a model file never runs arbitrary code (no Lambda deserialisation).
             self._model = keras.models.load_model(path, compile=False, safe_mode=True)
@@ -131,9 +136,12 @@ def load_probe(version_dir: Path) -> Probe:
     try:
         data = read_npz(path)
         optional = {key: data[key].astype(np.float32) for key in ("features", "ood_scores") if key in data}
-        return Probe(data["inputs"].astype(np.float32), data["outputs"].astype(np.float32), **optional)
-    except (OSError, KeyError, ValueError, EOFError) as exc:
+        probe = Probe(data["inputs"].astype(np.float32), data["outputs"].astype(np.float32), **optional)
+    except (OSError, KeyError, ValueError, EOFError, TypeError, zipfile.BadZipFile) as exc:
         raise EngineError(f"{path.name}: unreadable probe ({exc})") from exc
+    if not all(np.isfinite(array).all() for array in probe if array is not None):
+        raise EngineError(f"{path.name}: the probe holds values that are not finite")
+    return probe
 
 
 # NumPy parses .npy headers with ast.literal_eval, and CPython 3.11 before 3.11.8 can fail

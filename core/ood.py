@@ -18,6 +18,7 @@ ood.npz, and its probe records the scores of its probe batch, which every load c
 from __future__ import annotations
 
 import os
+import zipfile
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -50,6 +51,8 @@ def load_detector(version_dir: Path, probe: Probe) -> OodDetector | None:
         raise OodError(f"{OOD_FILE} is present but the probe records no features or OOD scores to check it")
     detector = OodDetector.load(path, probe.features.shape[1])
     scores = detector.score(probe.features, probe.inputs)
+    if not (np.isfinite(scores).all() and np.isfinite(probe.ood_scores).all()):
+        raise OodError(f"{OOD_FILE} or the probe gives non-finite OOD scores")
     difference = float(np.abs(scores - probe.ood_scores).max())
     tolerance = SCORE_TOLERANCE * max(1.0, float(np.abs(probe.ood_scores).max()))
     if difference > tolerance:
@@ -134,8 +137,11 @@ class OodDetector:  # frozen, yet cached_property works: it writes the instance 
             data = read_npz(path)
             means, precisions = data["means"].astype(np.float64), data["precisions"].astype(np.float64)
             threshold = float(data["threshold"])
-        except (OSError, KeyError, ValueError, EOFError, TypeError) as exc:
+        except (OSError, KeyError, ValueError, EOFError, TypeError, zipfile.BadZipFile) as exc:
             raise OodError(f"{path.name}: unreadable ({exc})") from exc
+        if not (np.isfinite(means).all() and np.isfinite(precisions).all()):
+            # NaN compares False with every tolerance: it would pass the probe check and flag nothing.
+            raise OodError(f"{path.name}: class means or precisions are not finite")
         classes, dims = means.shape if means.ndim == 2 else (-1, -1)
         if precisions.shape != (classes, dims, dims) or not np.isfinite(threshold):
             raise OodError(f"{path.name}: means {means.shape} and precisions {precisions.shape} do not fit")

@@ -10,12 +10,17 @@ MicroBatcher of its own, so a busy model queues behind itself, never in front of
 asked for by number is loaded on first use (off the event loop, verified like any other) and kept
 among the MAX_LOADED_VERSIONS most recently used; one that fails is refused without another attempt
 for RETRY_POLLS poll intervals.
+
+A model's store watcher never ends by itself (each pass guards its own failures); should it end all
+the same, it is started again after a backoff (WATCH_RESTART_S, doubling up to RETRY_MAX_S), counted
+in model_watcher_restarts_total, and readiness answers 503 while it is not running.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections import OrderedDict
 
 import numpy as np
@@ -25,11 +30,13 @@ from core.store import StoreError, VersionNotFound
 from service.batching import MicroBatcher
 from service.config import Settings
 from service.errors import NotFound, NotReady
-from service.loader import RETRY_POLLS, IncompatibleModel, Inference, LoadedModel, ModelManager
+from service.loader import RETRY_MAX_S, RETRY_POLLS, IncompatibleModel, Inference, LoadedModel, ModelManager
 from service.metrics import Metrics
 
 VersionKey = tuple[str, int]
 MAX_REFUSED = 100  # failed versions remembered at once
+WATCH_RESTART_S = 1.0  # the first restart of a watcher that ended; then doubling
+logger = logging.getLogger(__name__)
 
 
 class DataPlane:
@@ -47,6 +54,7 @@ class DataPlane:
         self._refused: dict[VersionKey, tuple[str, float]] = {}
         self.refusal_s = RETRY_POLLS * settings.poll_interval_s
         self._watchers: dict[str, asyncio.Task[None]] = {}
+        self._watch_restarts: dict[str, int] = {}
 
     # ---- life cycle ----
 
@@ -70,16 +78,41 @@ class DataPlane:
         self.managers[name], self.batchers[name] = manager, batcher
         batcher.start()
         # The first pass loads the promoted version; readiness reports 503 until every model has one.
-        watch = manager.watch(self.settings.poll_interval_s)
-        self._watchers[name] = asyncio.create_task(watch, name=f"watch-{name}")
+        self._watch(manager)
         return manager
+
+    def _watch(self, manager: ModelManager) -> None:
+        task = asyncio.create_task(manager.watch(self.settings.poll_interval_s), name=f"watch-{manager.name}")
+        self._watchers[manager.name] = task
+        task.add_done_callback(lambda done: self._watcher_ended(manager, done))
+
+    def _watcher_ended(self, manager: ModelManager, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or self.managers.get(manager.name) is not manager:
+            return  # stopped on purpose (unserve, shutdown)
+        restarts = self._watch_restarts.get(manager.name, 0)
+        self._watch_restarts[manager.name] = restarts + 1
+        delay = min(RETRY_MAX_S, WATCH_RESTART_S * 2**restarts)
+        logger.error(
+            "store watcher ended; restarting it",
+            exc_info=task.exception(),
+            extra={"model": manager.name, "restart_in_s": delay},
+        )
+        self.metrics.watcher_restarts.labels(manager.name).inc()
+
+        def restart() -> None:
+            if self.managers.get(manager.name) is manager:
+                self._watch(manager)
+
+        asyncio.get_running_loop().call_later(delay, restart)
 
     async def unserve(self, name: str) -> None:
         """Stop serving a model: requests queued for it get 503, later ones 404."""
         manager, batcher = self.managers.pop(name), self.batchers.pop(name)
         watcher = self._watchers.pop(name)
+        self._watch_restarts.pop(name, None)
         watcher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
+        # A watcher that had ended with an error was logged then; its error is not this call's.
+        with contextlib.suppress(asyncio.CancelledError, Exception):
             await watcher
         await batcher.stop()
         manager.close()
@@ -93,8 +126,12 @@ class DataPlane:
     # ---- lookup ----
 
     def waiting(self) -> list[str]:
-        """The served models that have no version loaded yet."""
-        return [name for name, manager in self.managers.items() if manager.served is None]
+        """The served models that have no version loaded yet, or whose store watcher is not running."""
+        return [
+            name
+            for name, manager in self.managers.items()
+            if manager.served is None or self._watchers[name].done()
+        ]
 
     def manager(self, name: str) -> ModelManager:
         manager = self.managers.get(name)

@@ -35,7 +35,7 @@ async def require_ready(request: Request) -> None:
     """NotReady while a served model has no version, or (WORKERS > 1) a worker has not loaded its own."""
     waiting = request.app.state.dataplane.waiting()
     if waiting:
-        raise NotReady(f"no version loaded yet for {', '.join(waiting)}")
+        raise NotReady(f"no version loaded yet, or its store watcher restarting, for {', '.join(waiting)}")
     group: WorkerGroup | None = request.app.state.workers
     if group is not None and (ready := group.ready_count()) < group.size:
         raise NotReady(f"{ready} of {group.size} workers have loaded their models")

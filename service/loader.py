@@ -3,9 +3,11 @@
 A candidate version is loaded off the event loop, checked (metadata, input shape, classes, engine
 parity on the probe batch, which is also the warm-up, and the OOD detector's scores on that batch),
 then swapped in with one reference assignment. Requests that started on the old version finish on
-it. A version that fails is never served; it is tried again when any of its files changes, when a
-reload is forced, or after a backoff (RETRY_POLLS poll intervals, doubling up to RETRY_MAX_S) in
-case the failure was transient. The store is never modified here.
+it. A version that fails is never served, whatever its load raised (a store written by a broken
+training job can hold anything): the failure is logged and counted, and the version is tried again
+when any of its files changes, when a reload is forced, or after a backoff (RETRY_POLLS poll
+intervals, doubling up to RETRY_MAX_S) in case the failure was transient. A pass of the watch loop
+that fails is logged and the loop goes on. The store is never modified here.
 """
 
 from __future__ import annotations
@@ -37,6 +39,14 @@ Fingerprint = tuple[tuple[str, int, int], ...]
 
 class IncompatibleModel(Exception):
     """A version whose inputs or classes differ from what this service serves."""
+
+
+LOAD_ERRORS = (StoreError, EngineError, IncompatibleModel)  # what a version that cannot serve raises
+
+
+def refusal_reason(exc: Exception) -> str:
+    """Why a load failed: the typed errors' own words; anything else is a defect, named by its type."""
+    return str(exc) if isinstance(exc, LOAD_ERRORS) else f"unexpected {type(exc).__name__} ({exc})"
 
 
 @dataclass(frozen=True)
@@ -199,17 +209,23 @@ class ModelManager:
                     return ReloadOutcome(served, False, self._failed[target].reason)
                 started = time.perf_counter()
                 loaded = await self.run_io(load_version, self.store, target, self.engine_kind, self.served)
-            except (StoreError, EngineError, IncompatibleModel) as exc:
-                return self._failure(target, str(exc), fingerprint)
+            except Exception as exc:  # whatever a broken version raises, it is a refusal
+                return self._failure(target, refusal_reason(exc), fingerprint)
             self.metrics.load_duration.labels(self.name).observe(time.perf_counter() - started)
             self._swap(loaded)
             return ReloadOutcome(loaded.version, True)
 
     async def load(self, version: int) -> LoadedModel:
-        """Load and verify a version asked for by number, without serving it as the promoted one."""
-        loaded = await self.run_io(load_version, self.store, version, self.engine_kind, self.served)
-        self.metrics.reloads.labels(self.name, "success").inc()
-        return loaded
+        """Load and verify a version asked for by number, without serving it as the promoted one;
+        raises one of LOAD_ERRORS, whatever went wrong. (Not a reload: model_reloads_total counts the
+        versions swapped in, and their failures.)"""
+        try:
+            return await self.run_io(load_version, self.store, version, self.engine_kind, self.served)
+        except LOAD_ERRORS:
+            raise
+        except Exception as exc:
+            logger.exception("unexpected error loading a version", extra={"version": version})
+            raise EngineError(refusal_reason(exc)) from exc
 
     def _due(self, version: int, fingerprint: Fingerprint) -> bool:
         """Whether to try a version: never failed, its files changed since, or its backoff is over."""
@@ -224,7 +240,11 @@ class ModelManager:
     async def watch(self, interval_s: float) -> None:
         """Poll the store forever; each pass is cheap (one small file read) when nothing changed."""
         while True:
-            await self.reload()
+            try:
+                await self.reload()
+            except Exception:  # a defect, not a bad version (reload refuses those): log it, go on
+                self.metrics.reloads.labels(self.name, "failure").inc()
+                logger.exception("store watch pass failed", extra={"model": self.name})
             await asyncio.sleep(interval_s)
 
     def _swap(self, loaded: LoadedModel) -> None:

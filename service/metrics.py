@@ -159,6 +159,12 @@ class Metrics:
             ["model"],
             registry=r,
         )
+        self.watcher_restarts = Counter(
+            "model_watcher_restarts",
+            "Store watchers that ended unexpectedly and were started again.",
+            ["model"],
+            registry=r,
+        )
         self.last_swap = Gauge(
             "model_last_swap_timestamp_seconds",
             "Unix time the served version last changed.",

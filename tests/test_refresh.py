@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
@@ -183,3 +185,119 @@ def test_a_store_call_cancelled_as_it_finishes_is_still_cancelled(store_copy: Pa
         asyncio.run(scenario())
     finally:
         manager.close()
+
+
+# ---- second hardening round (issue 21, items 2, 6 and 7): a broken store cannot stop the watcher ----
+
+
+def truncate(path: Path) -> None:
+    """What a publish killed mid-write (or a full disk) leaves: the start of a zip file."""
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def nan_means(path: Path) -> None:
+    arrays = dict(np.load(path))
+    arrays["means"] = np.full_like(arrays["means"], np.nan)
+    with path.open("wb") as file:
+        np.savez(file, **arrays)
+
+
+def without_onnx_or_keras(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The serving image (no TensorFlow) meets a version published without model.onnx."""
+    path.unlink()
+    monkeypatch.setitem(sys.modules, "keras", None)  # `import keras` raises ModuleNotFoundError
+
+
+@pytest.mark.parametrize(
+    ("file", "damage"),
+    [("probe.npz", truncate), ("ood.npz", truncate), ("ood.npz", nan_means), (ONNX_FILE, None)],
+    ids=["truncated-probe", "truncated-ood", "nan-ood-means", "no-onnx-no-keras"],
+)
+def test_a_version_that_fails_in_any_way_is_refused_and_a_later_good_one_still_serves(
+    live: TestClient, store_copy: Path, monkeypatch: pytest.MonkeyPatch, file: str, damage: Any
+) -> None:
+    store = ModelStore(store_copy, "fashion-mnist")
+    version = republish(store_copy)
+    path = store.version_dir(version) / file
+    if damage is None:
+        without_onnx_or_keras(path, monkeypatch)
+    else:
+        damage(path)
+    failures = reloads(live, "failure")
+    store.promote(version)
+    wait_until(lambda: reloads(live, "failure") > failures, timeout_s=10)
+    assert served(live) == 1 and live.get("/health/ready").status_code == 200
+    # Asked for by number it is a 404 with the reason, in every protocol, and stays one.
+    for _ in range(2):
+        by_number = live.get(f"/v1/models/fashion-mnist/versions/{version}", headers={"X-API-Key": KEY})
+        assert by_number.status_code == 404 and "cannot be served" in by_number.json()["error"]
+    # The watcher is alive: a good version promoted after it is served.
+    store.promote(republish(store_copy))
+    wait_until(lambda: served(live) == version + 1, timeout_s=10)
+
+
+def test_a_watch_pass_that_fails_unexpectedly_is_logged_and_the_watch_goes_on(
+    live: TestClient, store_copy: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from service.loader import ModelManager
+
+    original, calls = ModelManager.reload, []
+
+    async def flaky(self: ModelManager, *, force: bool = False) -> Any:
+        calls.append(1)
+        if len(calls) <= 3:
+            raise RuntimeError("a defect in a pass")
+        return await original(self, force=force)
+
+    monkeypatch.setattr(ModelManager, "reload", flaky)
+    failures = reloads(live, "failure")
+    store = ModelStore(store_copy, "fashion-mnist")
+    store.promote(republish(store_copy))
+    wait_until(lambda: served(live) == 2, timeout_s=10)
+    assert reloads(live, "failure") >= failures + 3
+
+
+def test_a_watcher_that_ends_is_restarted_and_readiness_says_so_meanwhile(
+    store_copy: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    from service import dataplane
+    from service.loader import ModelManager
+
+    monkeypatch.setattr(dataplane, "WATCH_RESTART_S", 0.5)
+    original, ended = ModelManager.watch, asyncio.Event()
+
+    async def watch_once_then_die(self: ModelManager, interval_s: float) -> None:
+        if not ended.is_set():
+            await self.reload()
+            ended.set()
+            raise RuntimeError("the watcher died")
+        await original(self, interval_s)
+
+    monkeypatch.setattr(ModelManager, "watch", watch_once_then_die)
+    from service.app import create_app
+    from service.config import Settings
+
+    with TestClient(create_app(Settings(model_store=store_copy, poll_interval_s=0.05))) as client:
+        wait_until(lambda: ended.is_set())
+        statuses = []
+        wait_until(lambda: statuses.append(client.get("/health/ready").status_code) or statuses[-1] == 200)
+        assert 503 in statuses  # not ready while the watcher was down, ready once it runs again
+        restarts = [
+            line
+            for line in client.get("/metrics").text.splitlines()
+            if line.startswith('model_watcher_restarts_total{model="fashion-mnist"}')
+        ]
+        assert restarts and float(restarts[0].split()[-1]) == 1
+        ModelStore(store_copy, "fashion-mnist").promote(republish(store_copy))
+        wait_until(lambda: served(client) == 2, timeout_s=10)
+
+
+def test_a_failed_repository_load_leaves_nothing_registered(store_copy: Path) -> None:
+    (store_copy / "unpromoted").mkdir()  # a model folder with no version promoted
+    for client in make_client(store_copy, api_key=KEY):
+        load = client.post("/v2/repository/models/unpromoted/load", headers={"X-API-Key": KEY})
+        assert load.status_code == 503
+        assert client.get("/health/ready").status_code == 200
+        assert "unpromoted" not in {row["name"] for row in client.get("/models").json()["models"]}

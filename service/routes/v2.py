@@ -134,8 +134,11 @@ async def one_process(request: Request) -> None:
 async def load(dataplane: DataPlaneDep, name: str) -> dict[str, Any]:
     if name not in await asyncio.to_thread(model_names, dataplane.settings.model_store):
         raise NotFound(f"the store has no model {name!r}", code="model_not_found")
+    newly = name not in dataplane.managers
     outcome = await dataplane.serve(name).reload(force=True)
     if outcome.served is None:
+        if newly:  # a load that failed registers nothing: readiness must not wait for this model
+            await dataplane.unserve(name)
         raise NotReady(f"model {name!r} has no servable version: {outcome.error}")
     return {"name": name, "load": True, "version": str(outcome.served)}
 
