@@ -41,9 +41,16 @@ class Page:
     url: str
     expected_statuses: set[int] = field(default_factory=set)
 
-    def open(self, size: tuple[int, int] = DESKTOP) -> None:
+    def open(self, size: tuple[int, int] = DESKTOP, path: str = "/") -> None:
+        """Opens a page of this server on a clean slate: what an earlier tab (maybe another server's, still
+        polling when it was left) logged is not this tab's."""
+        self.driver.get("about:blank")
+        self.driver.get_log("performance")
+        self.driver.get_log("browser")
         self.driver.set_window_size(*size)
-        self.driver.get(self.url + "/")
+        self.driver.get(self.url + path)
+        if path != "/":
+            return
         self.wait(lambda: "version" in self.find("#served").text)
 
     def find(self, css: str) -> WebElement:
@@ -291,10 +298,8 @@ def test_the_page_is_small_and_served_with_a_policy_that_allows_only_this_server
 
 def test_the_api_documentation_renders_from_this_server_alone(driver: webdriver.Chrome, server: str) -> None:
     # Swagger UI ships in a package: /docs works on a machine without internet, under a strict policy.
-    driver.get_log("performance"), driver.get_log("browser")  # forget the earlier tests' entries
     tab = Page(driver, server)
-    driver.set_window_size(*DESKTOP)
-    driver.get(server + "/docs")
+    tab.open(path="/docs")
     tab.wait(lambda: len(tab.find_all(".opblock-summary-path")) > 10)
     paths = {element.text.replace("\u200b", "") for element in tab.find_all(".opblock-summary-path")}
     assert {"/predict", "/v2/models/{name}/infer"} <= paths

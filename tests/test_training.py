@@ -167,3 +167,26 @@ def test_a_killed_job_resumes_from_its_last_epoch(tmp_path: Path, synthetic_data
         epochs = [int(row["epoch"]) for row in csv.DictReader(handle) if row["epoch"] != "epoch"]
     assert sorted(set(epochs)) == list(range(40))
     assert ModelStore(store, "fashion-mnist").read_metadata(1).epochs_run == 40
+
+
+def test_if_better_does_not_promote_a_version_the_serving_image_cannot_run(tmp_path: Path) -> None:
+    # A version whose ONNX export failed has only model.keras, which the serving image (no TensorFlow)
+    # refuses: `if-better` leaves it unpromoted, `always` still promotes it.
+    from datetime import UTC, datetime
+
+    from core.store import EvaluationMetrics, ModelMetadata
+    from training.publish import apply_policy
+
+    store = ModelStore(tmp_path, "clf")
+    with store.staging() as staging:
+        (staging / "model.keras").write_text("weights")
+        meta = ModelMetadata(
+            name="clf",
+            created_at=datetime.now(UTC),
+            class_names=["a", "b"],
+            validation=EvaluationMetrics(count=10, loss=0.5, accuracy=0.9, per_class={}),
+            artifacts=["model.keras"],
+        )
+        version = store.publish(staging, meta)
+    assert apply_policy(store, version, "if-better") is False and store.current_version() is None
+    assert apply_policy(store, version, "always") is True and store.current_version() == version

@@ -12,6 +12,7 @@ Both a training job and `republish` (new artifacts for an existing version's wei
 
 from __future__ import annotations
 
+import logging
 import shutil
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -29,6 +30,7 @@ from core.store import (
     CURVES_FILE,
     HISTORY_FILE,
     MODEL_FILE,
+    ONNX_FILE,
     RELIABILITY_FILE,
     CalibrationReport,
     EvaluationMetrics,
@@ -43,6 +45,7 @@ from training.plots import plot_reliability
 
 PromotePolicy = Literal["if-better", "always", "never"]
 PROBE_EXAMPLES = 32
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -159,6 +162,14 @@ def _metrics(scored: _Scored, temperature: float, class_names: list[str]) -> Eva
 
 
 def apply_policy(store: ModelStore, version: int, policy: PromotePolicy) -> bool:
+    """Promote as the policy says. A version published without model.onnx (its export failed) is
+    marked so by its `artifacts`, and `if-better` does not promote it: the serving image has no
+    TensorFlow to run model.keras, so every replica would refuse it. `always` still does."""
+    if policy == "if-better" and ONNX_FILE not in store.read_metadata(version).artifacts:
+        logger.warning(
+            "version %d has no %s: not promoted (the serving image cannot run it)", version, ONNX_FILE
+        )
+        return False
     if policy == "always":
         store.promote(version, reason="promoted by training job (always)")
         return True
