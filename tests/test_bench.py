@@ -3,24 +3,19 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO
+from tests.helpers import REPO, require_tool
 
 pytestmark = pytest.mark.slow
 
 
 def test_the_bench_harness_runs_for_a_second(tmp_path: Path) -> None:
-    if shutil.which("wrk") is None:
-        if os.environ.get("CI"):
-            pytest.fail("wrk is missing under CI: .ci/run must apt-get install wrk")
-        pytest.skip("wrk not installed (apt-get install -y wrk)")
+    require_tool("wrk", "apt-get install -y wrk")
     result = subprocess.run(
         [
             sys.executable,
