@@ -372,6 +372,79 @@ def slowloris(port: int) -> dict[str, object]:
     return {"connections": dict(in_threads(20, one))}
 
 
+def pipeline_flood(connections: int, kilobytes: int) -> Callable[[int], dict[str, object]]:
+    """Connections each send `kilobytes` of `GET /health` heads back to back without reading an answer,
+    hold 3 s, then read what came back."""
+    head = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+    flood = head * (kilobytes * 1024 // len(head))
+
+    def attack(port: int) -> dict[str, object]:
+        def one(_: int) -> str:
+            with connect(port, timeout=30) as sock:
+                sock.settimeout(10)
+                sent = 0
+                with suppress(OSError):
+                    for start in range(0, len(flood), 65536):
+                        sock.sendall(flood[start : start + 65536])
+                        sent = start + 65536
+                time.sleep(3)
+                answers = bytearray()
+                with suppress(OSError):
+                    while chunk := sock.recv(1 << 20):
+                        answers += chunk
+            answered, refused = answers.count(b"HTTP/1.1 200"), answers.count(b"HTTP/1.1 503")
+            return f"{answered} answered, {refused} refused, " + (
+                "all sent" if sent >= len(flood) else "cut off"
+            )
+
+        return {"connections": dict(in_threads(connections, one))}
+
+    return attack
+
+
+def _how_it_ended(sock: socket.socket, within_s: float = 3.0) -> str:
+    """Reads what is left: 'reset' or 'closed' by the server, or 'still open' (sending after within_s)."""
+    sock.settimeout(within_s)
+    deadline = time.monotonic() + within_s
+    try:
+        while time.monotonic() < deadline:
+            if not sock.recv(1 << 20):
+                return "closed"
+    except TimeoutError:
+        pass
+    except OSError:
+        return "reset"
+    return "still open"
+
+
+def unread_answers(connections: int) -> Callable[[int], dict[str, object]]:
+    """Connections each ask for 4,096 images with their inputs echoed (an answer of about 9 MB) through
+    a small receive window, and never read it; how long until the server lets them go."""
+    body = bytes(4096 * 784)
+    head = (
+        "POST /predict?include=input&top_k=10 HTTP/1.1\r\nHost: x\r\n"
+        f"Authorization: Bearer {KEY}\r\nContent-Type: application/octet-stream\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+
+    def attack(port: int) -> dict[str, object]:
+        sockets = []
+        for _ in range(connections):
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect(("127.0.0.1", port))
+            sock.sendall(head + body)
+            sockets.append(sock)
+        time.sleep(40)  # past WRITE_TIMEOUT_S (30 s)
+        ended = Counter[str]()
+        for sock in sockets:
+            ended[_how_it_ended(sock)] += 1
+            sock.close()
+        return {"after_40_s": dict(ended)}
+
+    return attack
+
+
 ATTACKS: dict[str, Callable[[int], dict[str, object]]] = {
     "png_1x25M_x10": decode_bomb(lambda: png(1, 25_000_000), 10),
     "png_1x32768_x1000": decode_bomb(lambda: png(1, 32_768), 1000),
@@ -385,6 +458,9 @@ ATTACKS: dict[str, Callable[[int], dict[str, object]]] = {
     "header_100MB": header_flood(1, 100, finish=True),
     "headers_1M": many_headers,
     "slowloris_x20": slowloris,
+    "pipeline_6MiB_unread": pipeline_flood(1, 6 * 1024),
+    "pipeline_257KiB_unread_x30": pipeline_flood(30, 257),
+    "unread_9MB_answers_x20": unread_answers(20),
 }
 
 
@@ -399,7 +475,13 @@ def run(repo: Path, python: str, names: list[str]) -> dict[str, dict[str, object
         ):
             base_rss = rss_mb(process.pid)
             outcome = ATTACKS[name](port)
-        report[name] = {"rss_before_mb": round(base_rss), **seen.summary(), **outcome}
+            after_rss = rss_mb(process.pid)
+        report[name] = {
+            "rss_before_mb": round(base_rss),
+            **seen.summary(),
+            "rss_after_mb": round(after_rss),
+            **outcome,
+        }
         print(name, json.dumps(report[name]), flush=True)
     return report
 

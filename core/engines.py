@@ -19,7 +19,7 @@ from typing import Any, Literal, NamedTuple, Protocol
 
 import numpy as np
 
-from core.store import MODEL_FILE, ONNX_FILE, PROBE_FILE
+from core.store import MODEL_FILE, ONNX_FILE, PROBE_FILE, without_paths
 
 PARITY_TOLERANCE = 1e-5
 EngineKind = Literal["auto", "onnx", "keras"]
@@ -62,7 +62,9 @@ class OnnxEngine:
         try:
             self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own untyped errors for bad files
-            raise EngineError(f"{path.name}: cannot be loaded by ONNX Runtime ({exc})") from exc
+            raise EngineError(
+                f"{path.name}: cannot be loaded by ONNX Runtime ({without_paths(str(exc))})"
+            ) from exc
         self._input = self._session.get_inputs()[0].name
         # Probabilities first, then (when the model has them) the features.
         self._outputs = [output.name for output in self._session.get_outputs()[:2]]
@@ -87,7 +89,7 @@ class KerasEngine:
             # safe_mode stays on: a model file never runs arbitrary code (no Lambda deserialisation).
             self._model = keras.models.load_model(path, compile=False, safe_mode=True)
         except Exception as exc:  # Keras raises many types for a bad file
-            raise EngineError(f"{path.name}: cannot be loaded by Keras ({exc})") from exc
+            raise EngineError(f"{path.name}: cannot be loaded by Keras ({without_paths(str(exc))})") from exc
 
     def predict(self, batch: np.ndarray) -> Outputs:
         # A direct call avoids model.predict()'s per-call set-up, which dwarfs this model's compute.

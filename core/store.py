@@ -23,8 +23,10 @@ old state or the new one, never a mixture.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
+import re
 import shutil
 import stat
 import uuid
@@ -56,6 +58,7 @@ MAX_METADATA_BYTES = 4 * 1024 * 1024
 # The PNG figures a version carries for people (the page, a file browser); FIGURE_FILES is what may be read.
 FIGURE_FILES = (CURVES_FILE, RELIABILITY_FILE)
 MAX_FIGURE_BYTES = 8 * 1024 * 1024
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 class StoreError(Exception):
@@ -190,7 +193,7 @@ class ModelStore:
             )
         path = self.directory / str(version)
         if not path.is_dir():
-            raise VersionNotFound(f"model {self.name!r} has no version {version} in {self.root}")
+            raise VersionNotFound(f"model {self.name!r} has no version {version}")
         return path
 
     def read_metadata(self, version: int) -> ModelMetadata:
@@ -198,7 +201,9 @@ class ModelStore:
         try:
             return ModelMetadata.model_validate_json(read_small_file(path, MAX_METADATA_BYTES))
         except (OSError, ValidationError, ValueError) as exc:
-            raise StoreError(f"{path}: unreadable metadata ({_first_line(exc)})") from exc
+            raise StoreError(
+                f"version {version} of {self.name!r}: unreadable {METADATA_FILE} ({_reason(exc)})"
+            ) from exc
 
     def read_figure(self, version: int, name: str) -> bytes:
         """One of a version's FIGURE_FILES; VersionNotFound when the version or the figure is not there."""
@@ -206,11 +211,18 @@ class ModelStore:
             raise VersionNotFound(f"versions carry no figure {name!r}; figures: {', '.join(FIGURE_FILES)}")
         path = self.version_dir(version) / name
         try:
-            return read_small_file(path, MAX_FIGURE_BYTES)
+            data = read_small_file(path, MAX_FIGURE_BYTES)
         except FileNotFoundError:
             raise VersionNotFound(f"version {version} of {self.name!r} has no {name}") from None
         except OSError as exc:
-            raise StoreError(f"{path}: unreadable ({_first_line(exc)})") from exc
+            if exc.errno is None or exc.errno == errno.ELOOP:  # not a regular file, too large, a symlink
+                raise VersionNotFound(f"version {version} of {self.name!r}: {name} {_reason(exc)}") from None
+            raise StoreError(
+                f"version {version} of {self.name!r}: unreadable {name} ({_reason(exc)})"
+            ) from exc
+        if not data.startswith(PNG_SIGNATURE):  # whatever the file holds, only a PNG is served as one
+            raise VersionNotFound(f"version {version} of {self.name!r}: {name} is not a PNG")
+        return data
 
     def current(self) -> CurrentPointer | None:
         path = self.directory / CURRENT_FILE
@@ -219,7 +231,7 @@ class ModelStore:
         except FileNotFoundError:
             return None
         except (OSError, ValidationError, ValueError) as exc:
-            raise StoreError(f"{path}: unreadable current pointer ({_first_line(exc)})") from exc
+            raise StoreError(f"model {self.name!r}: unreadable {CURRENT_FILE} ({_reason(exc)})") from exc
 
     def current_version(self) -> int | None:
         pointer = self.current()
@@ -326,21 +338,22 @@ def read_small_file(path: Path, max_bytes: int) -> bytes:
     """A regular file's bytes, refusing anything else without blocking on it.
 
     O_NONBLOCK makes opening a FIFO return at once (a plain open would wait for a writer forever);
-    the fstat check then refuses it, like any device, directory or file over max_bytes.
+    the fstat check then refuses it, like any device, directory or file over max_bytes. O_NOFOLLOW
+    refuses a symlink (ELOOP): a version's file that points at /proc/self/environ is not read.
     """
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW)
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
-            raise OSError(f"{path.name} is not a regular file")
+            raise OSError("is not a regular file")
         if info.st_size > max_bytes:
-            raise OSError(f"{path.name} has {info.st_size} bytes, more than {max_bytes}")
+            raise OSError(f"has {info.st_size} bytes, more than {max_bytes}")
         with os.fdopen(fd, "rb", closefd=False) as handle:
             data = handle.read(max_bytes + 1)
     finally:
         os.close(fd)
     if len(data) > max_bytes:
-        raise OSError(f"{path.name} has more than {max_bytes} bytes")
+        raise OSError(f"has more than {max_bytes} bytes")
     return data
 
 
@@ -364,6 +377,22 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def without_paths(text: str) -> str:
+    """The text with each absolute path cut to its last part: reasons that reach clients name files, not
+    where the server keeps them (ONNX Runtime's messages spell out the version folder, for one)."""
+    return _ABSOLUTE_PATH.sub(lambda found: Path(found[0]).name or "/", text)
+
+
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.~])/[^\s\"'():,;]+")
+
+
+def _reason(exc: BaseException) -> str:
+    """What went wrong, without the path an OSError names (reasons reach clients)."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return "is a symbolic link" if exc.errno == errno.ELOOP else exc.strerror.lower()
+    return _first_line(exc)
 
 
 def _first_line(exc: BaseException) -> str:

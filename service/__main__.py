@@ -70,6 +70,8 @@ def connection_limits(settings: Settings, metrics: Metrics) -> ConnectionLimits:
         max_header_bytes=settings.max_header_bytes,
         max_headers=settings.max_headers,
         header_timeout_s=settings.header_timeout_s,
+        max_pipelined=settings.max_pipelined_requests,
+        write_timeout_s=settings.write_timeout_s,
         on_refused=lambda reason: metrics.http_rejected.labels(reason).inc(),
     )
 

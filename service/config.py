@@ -78,6 +78,12 @@ class Settings(BaseSettings):
         10.0, gt=0, description="From connection (or first byte of a request) to the end of its headers."
     )
     keepalive_timeout_s: int = Field(5, ge=1, description="Idle keep-alive connections close after this.")
+    max_pipelined_requests: int = Field(
+        16, ge=1, description="Requests a connection may send ahead of its answers; the next gets 503."
+    )
+    write_timeout_s: float = Field(
+        30.0, gt=0, description="Longest an answer waits for a client that does not read it; then closed."
+    )
     body_timeout_s: float = Field(
         10.0, gt=0, description="Longest wait for the next piece of a request body; then 408."
     )

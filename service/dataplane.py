@@ -30,7 +30,15 @@ from core.store import StoreError, VersionNotFound
 from service.batching import MicroBatcher
 from service.config import Settings
 from service.errors import NotFound, NotReady
-from service.loader import RETRY_MAX_S, RETRY_POLLS, IncompatibleModel, Inference, LoadedModel, ModelManager
+from service.loader import (
+    RETRY_MAX_S,
+    RETRY_POLLS,
+    IncompatibleModel,
+    Inference,
+    LoadedModel,
+    ModelManager,
+    refusal_reason,
+)
 from service.metrics import Metrics
 
 VersionKey = tuple[str, int]
@@ -170,7 +178,7 @@ class DataPlane:
         try:
             loaded = await asyncio.shield(task)
         except (StoreError, EngineError, IncompatibleModel) as exc:
-            reason = f"model {served.name!r} version {version} cannot be served: {exc}"
+            reason = f"model {served.name!r} version {version} cannot be served: {refusal_reason(exc)}"
             if not isinstance(exc, VersionNotFound):  # a missing folder is cheap to find missing again
                 self._refuse(key, reason, now + self.refusal_s)
             raise NotFound(reason, code="version_not_found") from None

@@ -26,7 +26,7 @@ import numpy as np
 from core.engines import Engine, EngineError, EngineKind, load_engine, load_probe
 from core.ood import OodDetector, load_detector
 from core.preprocessing import INPUT_SHAPE
-from core.store import ModelMetadata, ModelStore, StoreError
+from core.store import ModelMetadata, ModelStore, StoreError, without_paths
 from service.config import Settings
 from service.metrics import Metrics
 
@@ -45,8 +45,10 @@ LOAD_ERRORS = (StoreError, EngineError, IncompatibleModel)  # what a version tha
 
 
 def refusal_reason(exc: Exception) -> str:
-    """Why a load failed: the typed errors' own words; anything else is a defect, named by its type."""
-    return str(exc) if isinstance(exc, LOAD_ERRORS) else f"unexpected {type(exc).__name__} ({exc})"
+    """Why a load failed, without server paths: the typed errors' own words; anything else is a defect,
+    named by its type."""
+    reason = str(exc) if isinstance(exc, LOAD_ERRORS) else f"unexpected {type(exc).__name__} ({exc})"
+    return without_paths(reason)
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,15 @@ run`), that lets a handful of sockets hold memory or every connection slot. This
   connection) to the end of the head; past it, 408, or a plain close when nothing was sent at all
   (checked by one sweep per server every header_timeout_s / 4, at most 0.5 s);
 - max_connections: connections opened beyond it get 503 with Retry-After on their first request and
-  are closed.
+  are closed;
+- max_pipelined: requests a connection may send ahead of the answer it is reading. uvicorn queues every
+  pipelined request it parses and reads on after each answer, so one socket that sends heads and never
+  reads its answers grew the server by hundreds of MB. The request beyond the bound is answered 503
+  (Retry-After, in order, after the queued ones), nothing more of the connection is parsed, and it closes;
+- write_timeout_s: how long an answer may wait for a client that does not read it (the send buffer full
+  past its high-water mark); then the connection is dropped and what it held is freed. With the
+  pipeline bounded and each answer written only once the one before has left, a connection holds at
+  most one unsent answer.
 
 A response's head is held back until its body and both leave in one write: one system call fewer per
 response, and a process killed mid-response (SIGKILL, OOM) never leaves a peer such as a load balancer
@@ -31,6 +39,7 @@ from typing import ClassVar
 
 import httptools
 import orjson
+from uvicorn._types import ASGI3Application, ASGIReceiveCallable, ASGISendCallable, Scope
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 access_log = logging.getLogger("service.access")
@@ -42,6 +51,8 @@ class ConnectionLimits:
     max_header_bytes: int
     max_headers: int
     header_timeout_s: float
+    max_pipelined: int = 16
+    write_timeout_s: float = 30.0
     on_refused: Callable[[str], None] = lambda reason: None  # counts refusals (a metric)
 
 
@@ -93,6 +104,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._over_capacity = len(self.connections) > self.limits.max_connections
         self._refusing = False
         self._head_deadline: float | None = None
+        self._write_deadline: float | None = None
         self._start_head()
         _HeadSweeper.ensure_running(self)
 
@@ -156,6 +168,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().on_headers_complete()
         if self.scope["method"] != "HEAD":  # a HEAD response has no body to wait for
             self.cycle.transport = OneWriteResponse(self.transport)  # type: ignore[assignment]
+        if len(self.pipeline) > self.limits.max_pipelined:
+            self._refuse_pipelined()
+            raise _Refused
 
     # ---- head state ----
 
@@ -169,10 +184,55 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_response_complete(self) -> None:
         waiting = bool(self.pipeline)
         super().on_response_complete()
+        if self._refusing:  # what is queued is answered; what arrives is read and dropped, so the close
+            return  # that follows is a FIN, not a reset that could lose the answers in flight
         if not waiting:
             # The next request's head: its clock starts at its first byte (on_message_begin); until
             # then uvicorn's keep-alive timeout closes the idle connection.
             self._start_head(deadline=False)
+
+    def _refuse_pipelined(self) -> None:
+        """The newest queued request (the one past the bound) is answered 503 in its turn, and the
+        connection closes after it; the rest of its input is not parsed."""
+        self._refusing = True
+        self._head_deadline = None
+        self.limits.on_refused("too_many_pipelined")
+        access_log.info(
+            "refused", extra={"status": 503, "reason": "too_many_pipelined", "client": self._client_host}
+        )
+        cycle, _ = self.pipeline[0]
+        cycle.keep_alive = False
+        message = f"more than {self.limits.max_pipelined} requests sent ahead of their answers; read them"
+        self.pipeline[0] = (cycle, _answer(503, "overloaded", message, retry_after=True))
+
+    # ---- write state ----
+
+    def pause_writing(self) -> None:
+        """The client is not reading: its answer has this long to leave (checked by the sweeper)."""
+        super().pause_writing()
+        self._write_deadline = self.loop.time() + self.limits.write_timeout_s
+
+    def resume_writing(self) -> None:
+        self._write_deadline = None
+        super().resume_writing()
+
+    def _write_timed_out(self) -> None:
+        self._write_deadline = None  # closing or not: a closed transport still waits for its bytes to leave
+        self.limits.on_refused("write_timeout")
+        access_log.info(
+            "refused", extra={"status": 0, "reason": "write_timeout", "client": self._client_host}
+        )
+        self.transport.abort()  # close() would wait for the unread bytes to leave
+
+    def check_deadlines(self, now: float) -> None:
+        if now >= (self._head_deadline or now + 1):
+            self._head_timed_out()
+        if now >= (self._write_deadline or now + 1):
+            self._write_timed_out()
+
+    @property
+    def _client_host(self) -> str:
+        return str((self.client or ("-",))[0])
 
     def _head_timed_out(self) -> None:
         self._head_deadline = None
@@ -206,24 +266,36 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._refusing = True
         self._head_deadline = None
         self.limits.on_refused(reason)
-        access_log.info(
-            "refused", extra={"status": status, "reason": reason, "client": (self.client or ("-",))[0]}
-        )
-        body = orjson.dumps({"error": {"code": code, "message": message}})
-        head = [
-            f"HTTP/1.1 {status} {HTTPStatus(status).phrase}",
-            "content-type: application/json",
-            f"content-length: {len(body)}",
-            "connection: close",
-        ]
-        if retry_after:
-            head.append("retry-after: 1")
+        access_log.info("refused", extra={"status": status, "reason": reason, "client": self._client_host})
+        body, headers = _error(code, message, retry_after=retry_after)
+        head = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}", "connection: close"]
+        head += [f"{name.decode()}: {value.decode()}" for name, value in headers]
         self.transport.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)
         self.transport.close()
 
 
+def _error(code: str, message: str, *, retry_after: bool) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+    """The API's JSON error: its body and headers (a refusal is written before any app runs)."""
+    body = orjson.dumps({"error": {"code": code, "message": message}})
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if retry_after:
+        headers.append((b"retry-after", b"1"))
+    return body, headers
+
+
+def _answer(status: int, code: str, message: str, *, retry_after: bool) -> ASGI3Application:
+    """An ASGI app that answers every request with this error (a queued request refused in its turn)."""
+    body, headers = _error(code, message, retry_after=retry_after)
+
+    async def app(scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    return app
+
+
 class _HeadSweeper:
-    """One timer per server that closes heads past their deadline, instead of a timer per request
+    """One timer per server that ends heads and writes past their deadline, instead of a timer per request
     (creating and cancelling one per request costs about 5 % of the one-image request rate)."""
 
     def __init__(self, protocol: GuardedHttpToolsProtocol) -> None:
@@ -241,8 +313,6 @@ class _HeadSweeper:
     def sweep(self) -> None:
         now = self.loop.time()
         for connection in list(self.connections):
-            if isinstance(connection, GuardedHttpToolsProtocol) and now >= (
-                connection._head_deadline or now + 1
-            ):
-                connection._head_timed_out()
+            if isinstance(connection, GuardedHttpToolsProtocol):
+                connection.check_deadlines(now)
         self.loop.call_later(self.interval_s, self.sweep)

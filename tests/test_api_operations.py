@@ -3,10 +3,12 @@ request ids."""
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
@@ -184,6 +186,60 @@ def test_a_version_without_a_figure_is_a_404_not_a_500(store_copy: Path) -> None
     for client in make_client(store_copy):
         response = client.get("/models/fashion-mnist/versions/1/figures/reliability.png")
         assert (response.status_code, response.json()["error"]["code"]) == (404, "figure_not_found")
+
+
+@pytest.mark.parametrize("kind", ["symlink to a secret", "not a PNG"])
+def test_a_figure_is_served_only_as_the_versions_own_png(store_copy: Path, tmp_path: Path, kind: str) -> None:
+    # A hostile training job's symlink to /proc/self/environ would have served API_KEY.
+    secret = tmp_path / "environ"
+    secret.write_bytes(b"API_KEY=hunter2\x00")
+    figure = store_copy / "fashion-mnist" / "1" / "learning_curves.png"
+    figure.unlink()
+    if kind == "symlink to a secret":
+        figure.symlink_to(secret)
+    else:
+        figure.write_bytes(secret.read_bytes())
+    for client in make_client(store_copy):
+        response = client.get("/models/fashion-mnist/versions/1/figures/learning_curves.png")
+        assert (response.status_code, response.json()["error"]["code"]) == (404, "figure_not_found")
+        assert b"hunter2" not in response.content
+        assert str(tmp_path) not in response.text
+
+
+def onnx_with_external_data(location: str) -> bytes:
+    """A model.onnx whose weights are said to lie in another file."""
+    weights = onnx.numpy_helper.from_array(np.zeros((784, 10), np.float32), "weights")
+    weights.ClearField("raw_data")
+    weights.data_location = onnx.TensorProto.EXTERNAL
+    weights.external_data.add(key="location", value=location)
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("MatMul", ["pixels", "weights"], ["probabilities"])],
+        "external",
+        [onnx.helper.make_tensor_value_info("pixels", onnx.TensorProto.FLOAT, [None, 784])],
+        [onnx.helper.make_tensor_value_info("probabilities", onnx.TensorProto.FLOAT, [None, 10])],
+        [weights],
+    )
+    return onnx.helper.make_model(graph).SerializeToString()
+
+
+def test_reasons_name_the_model_and_version_never_a_server_path(store_copy: Path) -> None:
+    version = store_copy / "fashion-mnist" / "7"
+    shutil.copytree(store_copy / "fashion-mnist" / "1", version)
+    (version / "metadata.json").write_text("{not json")
+    escaping = store_copy / "fashion-mnist" / "9"  # ONNX Runtime's refusal names both folders
+    shutil.copytree(store_copy / "fashion-mnist" / "1", escaping)
+    (escaping / "model.onnx").write_bytes(onnx_with_external_data("../../../../etc/hostname"))
+    for client in make_client(store_copy):
+        for missing in (7, 8, 9):
+            response = client.post(
+                f"/v2/models/fashion-mnist/versions/{missing}/infer",
+                json={
+                    "inputs": [{"name": "pixels", "datatype": "UINT8", "shape": [1, 784], "data": [0] * 784}]
+                },
+            )
+            assert response.status_code == 404, response.text
+            assert f"version {missing}" in response.json()["error"]
+            assert str(store_copy) not in response.text, response.text
 
 
 def test_stats_sums_up_inference_requests_latency_and_predictions(client: TestClient) -> None:

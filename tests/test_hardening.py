@@ -7,9 +7,12 @@ answers with the right status. Limits and timeouts are set small so that nothing
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -48,6 +51,8 @@ LIMITS = {
     "MAX_INFLIGHT_BODY_BYTES": str(4 * MiB),
     "MAX_CONNECTIONS": "32",
     "MAX_EVALUATIONS": "1",
+    "MAX_PIPELINED_REQUESTS": "4",
+    "WRITE_TIMEOUT_S": "1",
     "LOG_LEVEL": "info",
 }
 
@@ -286,6 +291,61 @@ def test_connections_beyond_the_limit_get_503(server: Server) -> None:
         for sock in held:
             sock.close()
     wait_until(lambda: server.predict() == 200, timeout_s=5)
+
+
+def read_until_closed(sock: socket.socket, timeout_s: float = 10) -> bytes:
+    """Everything the server sends on this socket until it closes it."""
+    sock.settimeout(timeout_s)
+    received = bytearray()
+    while chunk := sock.recv(65536):
+        received += chunk
+    return bytes(received)
+
+
+def test_requests_pipelined_beyond_the_bound_get_503_and_the_connection_closes(server: Server) -> None:
+    # 5,000 heads at once and no answer read (it grew the server by hundreds of MB): the one in hand and
+    # the four queued behind it are answered, the next gets 503 in its turn, and the rest is never parsed.
+    before = server.metric('http_rejected_requests_total{reason="too_many_pipelined"}')
+    with connect(server.port) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n" * 5000)
+        answers = read_until_closed(sock)
+    statuses = re.findall(rb"HTTP/1.1 (\d{3}) ", answers)
+    assert statuses == [b"200"] * 5 + [b"503"]
+    refusal = answers[answers.rindex(b"HTTP/1.1 503") :]
+    assert (
+        b"retry-after: 1" in refusal and b"connection: close" in refusal and b'"code":"overloaded"' in refusal
+    )
+    assert server.metric('http_rejected_requests_total{reason="too_many_pipelined"}') == before + 1
+    with connect(server.port) as sock:  # pipelining within the bound is served in full, in order
+        sock.sendall(
+            b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n" * 4
+            + b"GET /health HTTP/1.1\r\nConnection: close\r\n\r\n"
+        )
+        assert re.findall(rb"HTTP/1.1 (\d{3}) ", read_until_closed(sock)) == [b"200"] * 5
+
+
+def test_an_answer_nobody_reads_is_dropped_after_the_write_timeout(server: Server) -> None:
+    # 4,096 images with their inputs echoed: an answer of about 9 MB, more than the socket buffers hold.
+    body = bytes(4096 * 784)
+    head = server.request_head(
+        "/predict?include=input&top_k=10", "application/octet-stream", f"Content-Length: {len(body)}\r\n"
+    )
+    before = server.metric('http_rejected_requests_total{reason="write_timeout"}')
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connecting: a small window
+        sock.connect(("127.0.0.1", server.port))
+        sock.sendall(head + body)
+        wait_until(  # WRITE_TIMEOUT_S is 1 s
+            lambda: server.metric('http_rejected_requests_total{reason="write_timeout"}') == before + 1,
+            timeout_s=15,
+        )
+        received = bytearray()
+        with contextlib.suppress(OSError):  # the reset of a dropped connection
+            received += read_until_closed(sock)
+    head_end = received.index(b"\r\n\r\n") + 4 if b"\r\n\r\n" in received else 0
+    declared = re.search(rb"content-length: (\d+)", bytes(received[:head_end]))
+    assert declared is None or len(received) - head_end < int(declared[1])  # the answer never arrived whole
+    assert server.predict() == 200
 
 
 # ---- 7. a client that leaves mid-upload is a 499, logged once, without a traceback ----

@@ -98,7 +98,7 @@ def test_unreadable_metadata_is_a_store_error_naming_the_file(tmp_path: Path) ->
     store = ModelStore(tmp_path, "clf")
     publish(store)
     (tmp_path / "clf" / "1" / METADATA_FILE).write_text("{not json")
-    with pytest.raises(StoreError, match=r"1/metadata.json: unreadable metadata"):
+    with pytest.raises(StoreError, match=r"version 1 of 'clf': unreadable metadata\.json"):
         store.read_metadata(1)
 
 
@@ -144,7 +144,7 @@ def test_a_current_pointer_outside_the_version_range_is_a_store_error(tmp_path: 
     (store.directory / "current.json").write_text(
         json.dumps({"version": version, "promoted_at": "2026-01-01T00:00:00Z"})
     )
-    with pytest.raises(StoreError, match="unreadable current pointer"):
+    with pytest.raises(StoreError, match=r"unreadable current\.json"):
         store.current_version()
 
 

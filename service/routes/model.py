@@ -75,9 +75,13 @@ async def figure(name: str, version: str, figure: str, dataplane: DataPlaneDep) 
     number = version_number(version)
     try:
         png = await manager.run_io(manager.store.read_figure, number, figure)
-    except VersionNotFound:
+    except VersionNotFound as exc:
         figures = ", ".join(FIGURE_FILES)
-        message = f"version {number} of {name!r} has no figure {brief(figure)}; figures: {figures}"
+        message = (
+            str(exc)  # the version's own reason: missing, not a PNG, a symlink...
+            if figure in FIGURE_FILES
+            else f"version {number} of {name!r} has no figure {brief(figure)}; figures: {figures}"
+        )
         raise NotFound(message, code="figure_not_found") from None
     # Versions are immutable: a figure never changes under its URL.
     cache = {"Cache-Control": "public, max-age=86400, immutable"}
