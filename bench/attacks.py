@@ -14,6 +14,7 @@ import io
 import json
 import multiprocessing
 import os
+import re
 import socket
 import struct
 import subprocess
@@ -315,6 +316,22 @@ def chunked_uploads(connections: int, megabytes: int) -> Callable[[int], dict[st
     return attack
 
 
+def json_rows(connections: int, rows: int, rounds: int) -> Callable[[int], dict[str, object]]:
+    """Connections each post, `rounds` times, a JSON body of `rows` rows of 784 floats (15 MiB for
+    5,000): more images than a JSON request may hold, in few brackets."""
+    row = b"[" + b",".join([b"0.5"] * 784) + b"]"
+    body = b'{"instances": [' + b",".join([row] * rows) + b"]}"
+
+    def attack(port: int) -> dict[str, object]:
+        def one(_: int) -> str:
+            statuses = [post(port, "/predict", "application/json", body)[0] for _ in range(rounds)]
+            return ",".join(sorted(set(statuses)))
+
+        return {"body_mb": round(len(body) / 1e6, 1), "statuses": dict(in_threads(connections, one))}
+
+    return attack
+
+
 def header_flood(connections: int, megabytes: int, finish: bool) -> Callable[[int], dict[str, object]]:
     """Connections each send a header of `megabytes`, unfinished (held 3 s) or finished."""
 
@@ -402,19 +419,20 @@ def pipeline_flood(connections: int, kilobytes: int) -> Callable[[int], dict[str
     return attack
 
 
-def _how_it_ended(sock: socket.socket, within_s: float = 3.0) -> str:
-    """Reads what is left: 'reset' or 'closed' by the server, or 'still open' (sending after within_s)."""
+def _how_it_ended(sock: socket.socket, within_s: float = 5.0) -> str:
+    """Reads what is left of an answer: whether the server had dropped it or still held all of it."""
     sock.settimeout(within_s)
+    received = bytearray()
     deadline = time.monotonic() + within_s
-    try:
-        while time.monotonic() < deadline:
-            if not sock.recv(1 << 20):
-                return "closed"
-    except TimeoutError:
-        pass
-    except OSError:
-        return "reset"
-    return "still open"
+    with suppress(OSError):
+        while time.monotonic() < deadline and (chunk := sock.recv(1 << 20)):
+            received += chunk
+    head, _, body = bytes(received).partition(b"\r\n\r\n")
+    status = head.split(b" ", 2)[1].decode() if head.startswith(b"HTTP/") else "no"
+    declared = re.search(rb"content-length: (\d+)", head)
+    if declared and len(body) >= int(declared[1]):
+        return f"{status} answer held until read"
+    return f"{status} answer dropped by the server"
 
 
 def unread_answers(connections: int) -> Callable[[int], dict[str, object]]:
@@ -457,10 +475,11 @@ ATTACKS: dict[str, Callable[[int], dict[str, object]]] = {
     "header_20MB_unfinished_x50": header_flood(50, 20, finish=False),
     "header_100MB": header_flood(1, 100, finish=True),
     "headers_1M": many_headers,
+    "json_5000_rows_15MB_x4": json_rows(4, 5000, 5),
     "slowloris_x20": slowloris,
     "pipeline_6MiB_unread": pipeline_flood(1, 6 * 1024),
     "pipeline_257KiB_unread_x30": pipeline_flood(30, 257),
-    "unread_9MB_answers_x20": unread_answers(20),
+    "unread_9MB_answers_x8": unread_answers(8),  # 8 x 4,096 images fit MAX_QUEUE_IMAGES
 }
 
 

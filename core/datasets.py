@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from core.preprocessing import INPUT_SHAPE, InvalidInput, InvertMode, decode_image
+from core.store import read_small_file
 
 FASHION_MNIST_CLASSES = [
     "T-shirt/top",
@@ -34,6 +35,7 @@ FASHION_MNIST_FILES = {
 SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
 ENV_VAR = "FASHION_MNIST_DIR"
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp"})
+MAX_IMAGE_FILE_BYTES = 64 * 1024 * 1024  # one photo of a folder to train on
 
 IDX_IMAGES_MAGIC = 2051
 IDX_LABELS_MAGIC = 2049
@@ -138,9 +140,9 @@ def load_image_folder(root: Path, *, invert: InvertMode = "auto") -> Dataset:
         for path in sorted(class_dir.iterdir()):
             if path.suffix.lower() not in IMAGE_SUFFIXES:
                 continue
-            try:
-                images.append(decode_image(path.read_bytes(), invert=invert))
-            except InvalidInput as exc:
+            try:  # a FIFO or a device named *.png is refused at once, not waited on
+                images.append(decode_image(read_small_file(path, MAX_IMAGE_FILE_BYTES), invert=invert))
+            except (InvalidInput, OSError) as exc:
                 raise DatasetError(f"{path}: {exc}") from exc
             labels.append(label)
     if not images:

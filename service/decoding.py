@@ -4,11 +4,12 @@ No per-number pydantic validation on this path: orjson parses the body and NumPy
 array as a whole, which is what keeps a one-image JSON request cheap.
 
 Nothing slow runs on the event loop. A small body (at most INLINE_BODY_BYTES, with at most
-INLINE_IMAGE_PIXELS of images in it) is decoded in place, which costs less than a hop to a thread;
-anything larger goes to the decode pool, a few threads shared by all requests. Image sizes are read
-from their headers first, and a request's images together are held to MAX_REQUEST_PIXELS before
-any pixel is decoded. Decoding counts against the request's deadline (REQUEST_TIMEOUT_S from the
-moment its body has arrived): past it the client gets 504 and the decoding stops at the next image.
+INLINE_UPLOADS files and INLINE_IMAGE_PIXELS of images in it) is decoded in place, which costs less
+than a hop to a thread; anything larger goes to the decode pool, a few threads shared by all
+requests. Image sizes are read from their headers first, and a request's images together are held
+to MAX_REQUEST_PIXELS before any pixel is decoded. Decoding counts against the request's deadline
+(REQUEST_TIMEOUT_S from the moment its body has arrived): past it the client gets 504 and the
+decoding stops at the next image.
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ MAX_FORM_FIELDS = 100
 # Decoded in place on the event loop when this small: about a millisecond of work at most.
 INLINE_BODY_BYTES = 64 * 1024
 INLINE_IMAGE_PIXELS = 64 * PIXELS_PER_IMAGE
+INLINE_UPLOADS = 16  # files of a form
 # JSON members, objects and strings a request may have beyond what its images and labels need.
 JSON_SLACK = 64
 NPY_MAX_HEADER_BYTES = 10_000
@@ -148,7 +150,7 @@ async def decode_request(
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
     if media_type == FORM_TYPE or media_type.startswith("image/"):
-        images, fields = await _decode_uploads(body, content_type, media_type, limits, invert, pool, deadline)
+        images, fields = await decode_uploads(body, content_type, media_type, limits, invert, pool, deadline)
         return Decoded(images, fields, deadline)
 
     def decode(_: threading.Event | None = None) -> tuple[np.ndarray, dict[str, Any]]:
@@ -182,9 +184,9 @@ def _check_media_type(media_type: str) -> None:
 
 
 def parse_json(body: bytes, max_instances: int) -> Any:
-    """A JSON document, refused before parsing when its structure is larger than max_instances need."""
+    """A JSON document, refused before parsing when it holds more than max_instances images need."""
     if len(body) > INLINE_BODY_BYTES:  # a small body cannot expand to much
-        _check_json_structure(body, max_instances)
+        _check_json_size(body, max_instances)
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -216,20 +218,23 @@ def decode_json(
     return pixels_from_json(instances), fields
 
 
-def _check_json_structure(body: bytes, max_instances: int) -> None:
-    """Refuse, before parsing, a document larger in structure than max_instances images need.
+def _check_json_size(body: bytes, max_instances: int) -> None:
+    """Refuse, before parsing, a document larger than max_instances images need, in structure or in
+    values (parsing 15 MiB of numbers holds the GIL for 0.2 s, however few images they turn out to be).
 
     Parsed JSON takes up to ~40 times its size in Python objects: an object costs 64 bytes for the
-    three of `{},`, a list or a string about 50. Numbers cost at most ~10 times their text, which the
-    body limit already bounds, so only the bytes that open objects, lists and strings are counted (in
-    one pass), against twice what the largest legitimate request needs: 29 lists, a label and its
-    quotes per image, and a few members.
+    three of `{},`, a list or a string about 50; the bytes that open them are counted against twice
+    what the largest legitimate request needs (29 lists, a label and its quotes per image, a few
+    members). Values are separated by commas: an image has 784, and its label (/evaluate) or the
+    member of its object (/v1) one more; the commas are counted against what max_instances images
+    have. Both counts are one pass over the bytes, without parsing.
     """
-    bound = 2 * max_instances * (IMAGE_SIZE + 1 + 2) + JSON_SLACK
-    if len(body) - len(body.translate(None, b'{["')) > bound:
+    structure = 2 * max_instances * (IMAGE_SIZE + 1 + 2) + JSON_SLACK
+    values = max_instances * (PIXELS_PER_IMAGE + 2) + JSON_SLACK
+    if len(body) - len(body.translate(None, b'{["')) > structure or body.count(b",") > values:
         raise InvalidRequest(
-            f"the JSON body has more objects, lists or strings than {max_instances} images could need "
-            f"(at most {max_instances} images per request)",
+            f"the JSON body holds more values, objects, lists or strings than {max_instances} images "
+            f"could need (at most {max_instances} images per request)",
             code="too_many_instances",
         )
 
@@ -345,7 +350,7 @@ class _Upload:
     image: Image.Image  # opened: header read, pixels not decoded yet
 
 
-async def _decode_uploads(
+async def decode_uploads(
     body: bytes,
     content_type: str,
     media_type: str,
@@ -354,15 +359,21 @@ async def _decode_uploads(
     pool: DecodePool,
     deadline: float,
 ) -> tuple[np.ndarray, dict[str, Any]]:
+    """The images of a form or an image/* body, and the form's other fields."""
+    # Each part costs its parsing, its header read and its decoder's set-up, however few its pixels
+    # (585 GIFs of 1x1 in 64 KiB took 0.15 s): many parts go to the pool, counted before parsing by a
+    # cheap upper bound (each delimiter after the first, the closing one included, starts "\n--").
+    parts = body.count(b"\n--") if media_type == FORM_TYPE else 1
     uploads, fields = await inline_or_pooled(
         lambda _: open_uploads(body, content_type, media_type, limits),
-        len(body) <= INLINE_BODY_BYTES,
+        len(body) <= INLINE_BODY_BYTES and parts <= INLINE_UPLOADS,
         pool,
         deadline,
     )
     images = await inline_or_pooled(
         lambda cancelled: convert_uploads(uploads, invert, cancelled),
-        sum(pixel_count(upload.image) for upload in uploads) <= INLINE_IMAGE_PIXELS,
+        len(uploads) <= INLINE_UPLOADS
+        and sum(pixel_count(upload.image) for upload in uploads) <= INLINE_IMAGE_PIXELS,
         pool,
         deadline,
     )

@@ -92,18 +92,19 @@ def model_metadata(model: LoadedModel, versions: list[int]) -> dict[str, Any]:
     }
 
 
-def parse_infer(body: bytes, header_length: str | None, model: LoadedModel, max_images: int) -> InferRequest:
-    """The images and output choices of a v2 infer request (JSON, binary, or raw single input)."""
+def parse_infer(
+    body: bytes, header_length: str | None, model: LoadedModel, max_json_images: int, max_binary_images: int
+) -> InferRequest:
+    """The images and output choices of a v2 infer request (JSON, binary, or raw single input). Images
+    sent as JSON numbers are held to max_json_images whatever the form; binary ones to max_binary_images."""
     if header_length is not None:
-        if not (header_length.isascii() and header_length.isdigit()) or int(header_length) > len(body):
-            raise BadRequest(f"Inference-Header-Content-Length {brief(header_length)} does not fit the body")
-        length = int(header_length)
+        length = _header_length(header_length, len(body))
         if length == 0:  # the raw binary form: the body is the single input, FP32
-            return InferRequest(_tensor(body, "FP32", [-1, *INPUT_SHAPE], max_images), None)
+            return InferRequest(_tensor(body, "FP32", [-1, *INPUT_SHAPE], max_binary_images), None)
         header, binary = body[:length], body[length:]
     else:
         header, binary = body, b""
-    document = parse_json(header, max_images)
+    document = parse_json(header, max_json_images)
     if not isinstance(document, dict) or not isinstance(document.get("inputs"), list):
         raise InvalidRequest("an inference request is an object with an 'inputs' list")
     inputs = document["inputs"]
@@ -114,10 +115,8 @@ def parse_infer(body: bytes, header_length: str | None, model: LoadedModel, max_
         raise InvalidRequest(
             f"unknown input {brief(tensor.get('name'))}; model {model.name!r} takes {INPUT_NAME!r}"
         )
-    images = _input_images(tensor, binary, max_images, may_hold_boolean(header))
-    parameters = document.get("parameters") or {}
-    if not isinstance(parameters, dict):
-        raise InvalidRequest("parameters must be an object")
+    images = _input_images(tensor, binary, (max_json_images, max_binary_images), may_hold_boolean(header))
+    parameters = _parameters(document, "the request")
     if parameters.get("classification") is not None:
         _check_classification(parameters["classification"])
     request_id = document.get("id")
@@ -130,30 +129,55 @@ def parse_infer(body: bytes, header_length: str | None, model: LoadedModel, max_
     )
 
 
-def _input_images(tensor: dict[str, Any], binary: bytes, max_images: int, booleans: bool) -> np.ndarray:
+def _header_length(value: str, body_length: int) -> int:
+    """Inference-Header-Content-Length: ASCII digits, no more than the body holds."""
+    if (
+        not (value.isascii() and value.isdigit())
+        or len(value) > len(str(body_length))
+        or int(value) > body_length
+    ):
+        raise BadRequest(f"Inference-Header-Content-Length {brief(value)} does not fit the body")
+    return int(value)
+
+
+def _parameters(holder: dict[str, Any], where: str) -> dict[str, Any]:
+    """A `parameters` member: absent, null or an object."""
+    parameters = holder.get("parameters")
+    if parameters is None:
+        return {}
+    if not isinstance(parameters, dict):
+        raise InvalidRequest(f"parameters of {where} must be an object, received {brief(parameters)}")
+    return parameters
+
+
+def _input_images(
+    tensor: dict[str, Any], binary: bytes, max_images: tuple[int, int], booleans: bool
+) -> np.ndarray:
+    """The input's images, from binary data or JSON numbers; max_images is (JSON, binary)."""
     datatype, shape = tensor.get("datatype"), tensor.get("shape")
     if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
         raise InvalidRequest(f"input shape must be a list of integers, received {brief(shape)}")
-    size = (tensor.get("parameters") or {}).get("binary_data_size")
+    size = _parameters(tensor, "the input").get("binary_data_size")
+    max_json_images, max_binary_images = max_images
     if size is not None:
         if not isinstance(size, int) or isinstance(size, bool) or size != len(binary):
             raise InvalidRequest(
                 f"binary_data_size {brief(size)} does not match the {len(binary)} bytes after the JSON header"
             )
-        return _tensor(binary, datatype, shape, max_images)
+        return _tensor(binary, datatype, shape, max_binary_images)
     if "data" not in tensor:
         raise InvalidRequest("the input has neither 'data' nor binary_data_size")
     if datatype not in DATATYPES:
         raise InvalidRequest(f"unsupported datatype {brief(datatype)}; use {', '.join(DATATYPES)}")
-    if math.prod(shape) > max_images * PIXELS_PER_IMAGE:
-        raise PayloadTooLarge(f"at most {max_images} images per request")
+    if math.prod(shape) > max_json_images * PIXELS_PER_IMAGE:
+        raise PayloadTooLarge(f"at most {max_json_images} images per request")
     if booleans and has_boolean([tensor["data"]]):
         raise InvalidRequest(f"{datatype} data must be numbers, received a boolean")
     try:
         array = np.asarray(tensor["data"], dtype=DATATYPES[datatype].newbyteorder("="))
     except (ValueError, TypeError, OverflowError) as exc:
         raise InvalidRequest(f"input data is not an array of {datatype} numbers ({brief(exc)})") from exc
-    return _shaped(array.reshape(-1) if array.ndim != len(shape) else array, shape, max_images)
+    return _shaped(array.reshape(-1) if array.ndim != len(shape) else array, shape, max_json_images)
 
 
 def _tensor(data: bytes, datatype: Any, shape: list[int], max_images: int) -> np.ndarray:
@@ -189,7 +213,7 @@ def _output_specs(raw: Any, model: LoadedModel, binary_default: bool) -> list[Ou
         raise InvalidRequest("each output may be asked for once")
     specs = []
     for item in raw:
-        name, parameters = item.get("name"), item.get("parameters") or {}
+        name, parameters = item.get("name"), _parameters(item, f"output {brief(item.get('name'))}")
         if name not in known:
             raise InvalidRequest(
                 f"unknown output {brief(name)}; model {model.name!r} gives {', '.join(known)}"

@@ -105,6 +105,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._refusing = False
         self._head_deadline: float | None = None
         self._write_deadline: float | None = None
+        self._upgrade_body: int | None = None  # body bytes still due of a request whose Upgrade is ignored
         self._start_head()
         _HeadSweeper.ensure_running(self)
 
@@ -112,12 +113,18 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self._refusing:
             return
         self._unset_keepalive_if_required()
+        if self._upgrade_body is not None:
+            self._feed_upgrade_body(data)
+            return
         if self._in_head:
             self._head_bytes += len(data)
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self._unsupported_upgrade_warning()  # no WebSocket routes: the request is served as plain HTTP
+        except httptools.HttpParserUpgrade as upgrade:
+            # No WebSocket routes, no h2c: the request is served as plain HTTP/1.1 (RFC 9110 lets a
+            # server ignore Upgrade). httptools stops at the end of the head, so its body is read here.
+            self._unsupported_upgrade_warning()
+            self._feed_upgrade_body(data[upgrade.args[0] :])
         except httptools.HttpParserError:
             # Either a callback below refused the request (and answered), or the bytes are not HTTP.
             self._refuse(400, "invalid_http", "the request is not valid HTTP/1.1", "invalid_http")
@@ -165,12 +172,46 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 retry_after=True,
             )
             raise _Refused
+        if self.parser.should_upgrade():
+            self._ignore_upgrade()
         super().on_headers_complete()
+        if self._upgrade_body is not None:
+            self.cycle.keep_alive = False  # the parser ends with the head: nothing after the body is read
         if self.scope["method"] != "HEAD":  # a HEAD response has no body to wait for
             self.cycle.transport = OneWriteResponse(self.transport)  # type: ignore[assignment]
         if len(self.pipeline) > self.limits.max_pipelined:
             self._refuse_pipelined()
             raise _Refused
+
+    def on_message_complete(self) -> None:
+        if self._upgrade_body:  # httptools calls the message complete at its head; the body is still due
+            return
+        super().on_message_complete()
+
+    # ---- ignored upgrades ----
+
+    def _ignore_upgrade(self) -> None:
+        """A request with `Connection: Upgrade`: its body (by Content-Length; a chunked one is refused)
+        is fed to the request by hand, since httptools hands everything after the head to the new
+        protocol."""
+        headers = dict(self.headers)
+        if b"chunked" in headers.get(b"transfer-encoding", b"").lower():
+            self._refuse(400, "invalid_http", "a chunked body with Connection: Upgrade", "invalid_http")
+            raise _Refused
+        length = headers.get(b"content-length", b"0")
+        if not (length.isascii() and length.isdigit() and len(length) <= 20):
+            self._refuse(400, "invalid_http", "the Content-Length is not a number", "invalid_http")
+            raise _Refused
+        self._upgrade_body = int(length)
+
+    def _feed_upgrade_body(self, data: bytes) -> None:
+        due = self._upgrade_body or 0
+        if due and data:
+            super().on_body(data[:due])
+            due = self._upgrade_body = due - min(due, len(data))
+            if due == 0:
+                super().on_message_complete()
+        # What follows the body is not parsed (the connection closes after the answer).
 
     # ---- head state ----
 

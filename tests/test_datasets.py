@@ -1,6 +1,9 @@
 from __future__ import annotations
 
 import gzip
+import os
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -112,3 +115,25 @@ def test_image_folder_reports_a_broken_file(tmp_path: Path) -> None:
     (tmp_path / "a" / "x.png").write_bytes(b"not an image")
     with pytest.raises(DatasetError, match=r"x.png: the data is not a recognised image"):
         load_image_folder(tmp_path)
+
+
+def test_image_folder_refuses_a_fifo_at_once_instead_of_waiting_on_it(tmp_path: Path) -> None:
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "ok.png").write_bytes(image_bytes(np.full((28, 28), 200, np.uint8)))
+    os.mkfifo(tmp_path / "a" / "pipe.png")  # a plain read waits for a writer forever
+    outcome: list[BaseException] = []
+    reader = threading.Thread(
+        target=lambda: _catch(outcome, lambda: load_image_folder(tmp_path)), daemon=True
+    )
+    reader.start()
+    reader.join(timeout=10)
+    assert not reader.is_alive(), "load_image_folder waited on the FIFO"
+    assert isinstance(outcome[0], DatasetError) and "pipe.png: is not a regular file" in str(outcome[0])
+
+
+def _catch(outcome: list[BaseException], call: Callable[[], object]) -> None:
+    try:
+        call()
+    except BaseException as exc:  # handed to the test thread
+        outcome.append(exc)

@@ -348,6 +348,23 @@ def test_an_answer_nobody_reads_is_dropped_after_the_write_timeout(server: Serve
     assert server.predict() == 200
 
 
+@pytest.mark.parametrize("pieces", [1, 3], ids=["whole", "in-pieces"])
+def test_a_request_asking_to_upgrade_is_served_as_plain_http_with_its_body(
+    server: Server, pieces: int
+) -> None:
+    # h2c is not spoken here: the Upgrade is ignored (RFC 9110 allows it) and the body still counts.
+    upgrade = f"Connection: Upgrade\r\nUpgrade: h2c\r\nContent-Length: {len(PREDICT)}\r\n"
+    data = server.request_head("/predict", "application/json", upgrade) + PREDICT
+    with connect(server.port) as sock:
+        step = -(-len(data) // pieces)
+        for start in range(0, len(data), step):
+            sock.sendall(data[start : start + step])
+            time.sleep(0.05)
+        answer = read_until_closed(sock)
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:300]
+    assert b'"predictions"' in answer and b"connection: close" in answer
+
+
 # ---- 7. a client that leaves mid-upload is a 499, logged once, without a traceback ----
 
 

@@ -3,6 +3,7 @@ JSON and binary tensors, model metadata, explicit versions, two models, classifi
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -214,3 +215,38 @@ def test_a_request_level_classification_that_is_not_a_positive_integer_is_a_400(
     response = httpx.post(f"http://{url}/v2/models/fashion-mnist/infer", json=document)
     assert response.status_code == 400, response.text
     assert "classification must be a positive integer" in response.json()["error"]
+
+
+ONE_IMAGE = {"name": "pixels", "shape": [1, 784], "datatype": "FP32", "data": [0] * 784}
+
+
+@pytest.mark.parametrize(
+    ("document", "header_length"),
+    [
+        ({"inputs": [ONE_IMAGE]}, "9" * 5000),  # more digits than int() accepts
+        ({"inputs": [{**ONE_IMAGE, "parameters": ["binary_data_size", 9]}]}, None),
+        ({"inputs": [{**ONE_IMAGE, "parameters": "binary"}]}, None),
+        ({"inputs": [ONE_IMAGE], "outputs": [{"name": "probabilities", "parameters": 3}]}, None),
+        ({"inputs": [ONE_IMAGE], "outputs": [{"name": "probabilities", "parameters": [1]}]}, None),
+        ({"inputs": [ONE_IMAGE], "parameters": "classification"}, None),
+    ],
+    ids=["5000-digit-header-length", "input-parameters-list", "input-parameters-string",
+         "output-parameters-number", "output-parameters-list", "request-parameters-string"],
+)  # fmt: skip
+def test_malformed_v2_requests_are_400s_not_500s(url: str, document: dict, header_length: str | None) -> None:
+    content = json.dumps(document).encode()
+    headers = {"Inference-Header-Content-Length": header_length} if header_length else {}
+    response = httpx.post(f"http://{url}/v2/models/fashion-mnist/infer", content=content, headers=headers)
+    assert response.status_code == 400, response.text
+    assert set(response.json()) == {"error"}
+
+
+def test_json_numbers_are_held_to_the_json_image_limit_before_parsing(url: str) -> None:
+    # 5,000 rows of numbers (15 MiB) are refused from a count of their commas, before orjson reads them,
+    # and a binary-data header does not lift JSON data to the bulk limit.
+    rows = b"[" + b",".join([b"[" + b",".join([b"0.5"] * 784) + b"]"] * 5000) + b"]"
+    body = b'{"inputs":[{"name":"pixels","shape":[5000,784],"datatype":"FP32","data":' + rows + b"}]}"
+    for headers in ({}, {"Inference-Header-Content-Length": str(len(body))}):
+        response = httpx.post(f"http://{url}/v2/models/fashion-mnist/infer", content=body, headers=headers)
+        assert response.status_code in (400, 413), response.text
+        assert "holds more values" in response.json()["error"]  # the count before parsing said so

@@ -52,9 +52,10 @@ async def infer(request: Request) -> Response:
     admitted = await admit(request, name, version)
     model, body, deadline, limits = admitted.model, admitted.body, admitted.deadline, state.limits
     header_length = request.headers.get(oip.HEADER_LENGTH)
-    max_images = limits.max_instances if header_length is None else limits.max_bulk_instances
     parsed = await inline_or_pooled(
-        lambda _: oip.parse_infer(body, header_length, model, max_images),
+        lambda _: oip.parse_infer(
+            body, header_length, model, limits.max_instances, limits.max_bulk_instances
+        ),
         len(body) <= INLINE_BODY_BYTES,
         state.decode_pool,
         deadline,
