@@ -13,7 +13,8 @@ Layout (one writer per version, readers never block)::
         reliability.png             confidence vs accuracy before and after calibration
     <root>/<name>/current.json      which version is served: {"version": N, "promoted_at": ..., "reason": ...}
     <root>/<name>/.lock             taken by writers (publish, promote) only
-    <root>/<name>/.staging-*/       versions being written; invisible to readers
+    <root>/<name>/.staging-*/       versions being written (their writer locks .writer inside); invisible
+                                    to readers; removed by the next publish once their writer is gone
 
 Publishing renames a fully written, fsynced staging directory to its version number; promotion
 replaces current.json with os.replace. Both are atomic on a POSIX filesystem, so a reader sees the
@@ -50,6 +51,7 @@ RELIABILITY_FILE = "reliability.png"
 CURRENT_FILE = "current.json"
 LOCK_FILE = ".lock"
 STAGING_PREFIX = ".staging-"
+STAGING_LOCK = ".writer"  # locked by the job writing the staging directory, while it lives
 # Version numbers are folder names of at most 9 digits: they fit every integer type a reader may use.
 MAX_VERSION = 999_999_999
 # Store files are small; a larger one is refused rather than read into memory.
@@ -265,14 +267,35 @@ class ModelStore:
 
     @contextlib.contextmanager
     def staging(self) -> Iterator[Path]:
-        """A private directory beside the versions to write a new version into; removed on failure."""
-        self.directory.mkdir(parents=True, exist_ok=True)
-        path = self.directory / f"{STAGING_PREFIX}{uuid.uuid4().hex}"
-        path.mkdir()
+        """A private directory beside the versions to write a new version into; removed on failure.
+
+        Its writer holds a lock on a file inside it while it lives, so the staging directories a
+        killed job left behind are told from live ones and removed when the next one starts."""
+        with self._locked():
+            self._remove_abandoned()
+            path = self.directory / f"{STAGING_PREFIX}{uuid.uuid4().hex}"
+            path.mkdir()
+            writer = open(path / STAGING_LOCK, "w")  # noqa: SIM115 - held until the context ends
+            fcntl.flock(writer, fcntl.LOCK_EX)
         try:
             yield path
         finally:
+            writer.close()
             shutil.rmtree(path, ignore_errors=True)
+
+    def _remove_abandoned(self) -> None:
+        """Under the store lock: staging directories whose writer is gone, and pointer files a killed
+        promotion left half-written (both are only ever created under this lock)."""
+        for path in self.directory.iterdir():
+            if path.name.startswith(f".{CURRENT_FILE}."):
+                path.unlink(missing_ok=True)
+            elif (
+                path.name.startswith(STAGING_PREFIX)
+                and not path.is_symlink()
+                and path.is_dir()
+                and not _held(path / STAGING_LOCK)
+            ):
+                shutil.rmtree(path, ignore_errors=True)
 
     def publish(self, staging: Path, metadata: ModelMetadata) -> int:
         """Give the staged files the next version number, atomically; returns that number."""
@@ -284,6 +307,7 @@ class ModelStore:
                 raise StoreError(f"model {self.name!r} has reached the last version number, {MAX_VERSION}")
             stamped = metadata.model_copy(update={"version": version, "name": self.name})
             (staging / METADATA_FILE).write_text(stamped.model_dump_json(indent=2) + "\n")
+            (staging / STAGING_LOCK).unlink(missing_ok=True)  # the writer keeps its lock until it is done
             for path in staging.iterdir():
                 _fsync_file(path)
             _fsync_dir(staging)
@@ -327,6 +351,20 @@ class ModelStore:
                 yield
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _held(lock: Path) -> bool:
+    """Whether a live process holds this lock file (a missing file is held by nobody)."""
+    try:
+        handle = open(lock, "rb")  # noqa: SIM115 - closed below
+    except OSError:
+        return False
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+    return False
 
 
 def is_version_name(name: str) -> bool:

@@ -29,7 +29,7 @@ from core.engines import EngineError
 from core.store import StoreError, VersionNotFound
 from service.batching import MicroBatcher
 from service.config import Settings
-from service.errors import NotFound, NotReady
+from service.errors import NotFound, NotReady, brief
 from service.loader import (
     RETRY_MAX_S,
     RETRY_POLLS,
@@ -145,7 +145,9 @@ class DataPlane:
         manager = self.managers.get(name)
         if manager is None:
             served = ", ".join(self.managers)
-            raise NotFound(f"model {name!r} is not served here; served: {served}", code="model_not_found")
+            raise NotFound(
+                f"model {brief(name)} is not served here; served: {served}", code="model_not_found"
+            )
         return manager
 
     def served(self, name: str | None = None) -> LoadedModel:

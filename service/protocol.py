@@ -42,6 +42,8 @@ import orjson
 from uvicorn._types import ASGI3Application, ASGIReceiveCallable, ASGISendCallable, Scope
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from service.errors import brief
+
 access_log = logging.getLogger("service.access")
 
 
@@ -171,6 +173,13 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 "too_many_connections",
                 retry_after=True,
             )
+            raise _Refused
+        codings = [value for name, value in self.headers if name.lower() == b"transfer-encoding"]
+        if codings and (len(codings) > 1 or codings[0].strip().lower() != b"chunked"):
+            # httptools decodes only chunked; anything else (gzip, chunked) would be read as plain chunks.
+            received = brief(b", ".join(codings).decode("latin-1"))
+            message = f"the only transfer coding accepted is chunked, received {received}"
+            self._refuse(501, "unsupported_transfer_coding", message, "invalid_http")
             raise _Refused
         if self.parser.should_upgrade():
             self._ignore_upgrade()

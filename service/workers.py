@@ -74,7 +74,9 @@ class WorkerGroup:
         return cls(Path(folder), int(os.environ[WORKERS_VAR]))
 
     def ready_count(self) -> int:
-        return sum(1 for marker in self.folder.glob("ready-*") if _alive(int(marker.name[len("ready-") :])))
+        """Markers of live workers; a file of any other name in the folder is not one."""
+        pids = (_marker_pid(marker.name) for marker in self.folder.glob("ready-*"))
+        return sum(1 for pid in pids if pid is not None and _alive(pid))
 
     async def announce_ready(self, waiting: Callable[[], list[str]]) -> None:
         """Leave this worker's marker once nothing it serves is waiting for a version."""
@@ -90,6 +92,13 @@ class WorkerGroup:
             await asyncio.sleep(1.0)
         logger.error("the supervisor (pid %d) is gone; stopping", supervisor)
         os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _marker_pid(name: str) -> int | None:
+    digits = name.removeprefix("ready-")
+    if not (digits.isascii() and digits.isdigit()) or len(digits) > 9 or digits.startswith("0"):
+        return None
+    return int(digits)
 
 
 def _alive(pid: int) -> bool:

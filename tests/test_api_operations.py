@@ -319,6 +319,20 @@ def test_admin_endpoints_are_absent_without_a_key(client: TestClient) -> None:
     assert (response.status_code, response.json()["error"]["code"]) == (404, "admin_disabled")
 
 
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/admin/versions?model=" + "m" * 20_000,
+        "/v1/models/fashion-mnist:" + "x" * 20_000,
+        "/models/" + "n" * 20_000,
+    ],
+)
+def test_errors_echo_a_long_client_value_only_shortened(secured: TestClient, path: str) -> None:
+    # Messages are logged: a client must not write 20 KB into the log (or the answer) through them.
+    response = secured.request("POST" if ":" in path else "GET", path, headers={"X-API-Key": KEY}, json={})
+    assert response.status_code == 404 and len(response.content) < 500, response.text[:200]
+
+
 def test_access_logs_never_contain_payloads(client: TestClient, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level("INFO", logger="service.access")
     client.post("/predict", json={"instances": [[123.456] * 784]}, headers={"X-Request-ID": "trace-1"})

@@ -244,8 +244,21 @@ def test_many_unfinished_chunked_bodies_hold_no_more_than_the_budget(server: Ser
         (b"GET /" + b"a" * 40_000 + b" HTTP/1.1\r\n\r\n", "431"),  # a long request line
         (b"GET /health HTTP/1.1\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(150)) + b"\r\n", "431"),
         (b"NOT HTTP AT ALL\r\n\r\n", "400"),
+        (
+            b"POST /predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n",
+            "501",
+        ),
+        (b"POST /predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n", "501"),
     ],
-    ids=["large-header", "unfinished-2MiB-header", "long-url", "150-fields", "not-http"],
+    ids=[
+        "large-header",
+        "unfinished-2MiB-header",
+        "long-url",
+        "150-fields",
+        "not-http",
+        "gzip-chunked",
+        "gzip",
+    ],
 )
 def test_oversized_or_broken_heads_are_refused_in_json(server: Server, head: bytes, status: str) -> None:
     with connect(server.port) as sock:

@@ -2,7 +2,11 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
+import signal
+import time
 from datetime import UTC, datetime
+from multiprocessing.synchronize import Event as EventType
 from pathlib import Path
 
 import pytest
@@ -82,7 +86,7 @@ def test_a_failed_write_leaves_no_version_and_no_staging_behind(tmp_path: Path) 
         (staging / "model.keras").write_text("half")
         raise RuntimeError("killed mid-way")
     assert store.versions() == []
-    assert [p.name for p in (tmp_path / "clf").iterdir()] == []
+    assert [p.name for p in (tmp_path / "clf").iterdir()] == [".lock"]  # the writers' lock, empty
 
 
 def test_staging_directories_are_invisible_to_readers(tmp_path: Path) -> None:
@@ -116,6 +120,33 @@ def test_model_names_must_be_plain_directory_names(tmp_path: Path) -> None:
 def _publish_many(root: str, count: int) -> list[int]:
     store = ModelStore(root, "clf")
     return [publish(store, payload=f"{i}") for i in range(count)]
+
+
+def test_staging_left_by_a_killed_job_is_removed_by_the_next_one_and_a_live_one_is_kept(
+    tmp_path: Path,
+) -> None:
+    store = ModelStore(tmp_path, "clf")
+    context = multiprocessing.get_context("spawn")
+    staged = context.Event()
+    killed = context.Process(target=_stage_and_wait, args=(str(tmp_path), staged))
+    killed.start()
+    assert staged.wait(timeout=60)
+    os.kill(killed.pid, signal.SIGKILL)  # type: ignore[arg-type]
+    killed.join()
+    (tmp_path / "clf" / ".current.json.0123abcd").write_text('{"vers')  # a promotion killed mid-write
+    with store.staging() as live:  # another job, still writing
+        (live / "model.keras").write_text("in progress")
+        assert publish(store) == 1
+        left = sorted(p.name for p in (tmp_path / "clf").iterdir())
+        assert left == [".lock", live.name, "1"]  # the killed job's staging and half pointer are gone
+        assert (live / "model.keras").read_text() == "in progress"
+
+
+def _stage_and_wait(root: str, staged: EventType) -> None:
+    with ModelStore(root, "clf").staging() as staging:
+        (staging / "model.keras").write_text("half")
+        staged.set()
+        time.sleep(60)
 
 
 def test_concurrent_publishers_get_distinct_versions(tmp_path: Path) -> None:

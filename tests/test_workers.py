@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from bench.attacks import free_port
+from service.workers import WorkerGroup
 from tests.helpers import REPO, status_of, synthetic_images, wait_until
 
 pytestmark = pytest.mark.slow
@@ -137,3 +138,10 @@ def _value(metrics: str, series: str) -> float:
     match = re.search(rf"^{re.escape(series)} (\S+)$", metrics, re.M)
     assert match, f"{series} not in /metrics"
     return float(match.group(1))
+
+
+def test_only_live_workers_markers_count_and_a_stray_file_breaks_nothing(tmp_path: Path) -> None:
+    # A file of another name in the shared folder made /health/ready answer 500.
+    for name in (f"ready-{os.getpid()}", "ready-x", "ready-", "ready-99999999999999999999", "ready-0012"):
+        (tmp_path / name).touch()
+    assert WorkerGroup(tmp_path, size=2).ready_count() == 1

@@ -23,7 +23,7 @@ from service.decoding import (
     parse_json,
 )
 from service.deps import DataPlaneDep, admit, require_api_key, version_number
-from service.errors import NotFound
+from service.errors import NotFound, brief
 from service.schemas import path_parameters
 
 router = APIRouter(prefix="/v1/models", tags=["TF Serving REST (KServe V1)"])
@@ -66,7 +66,7 @@ async def metadata(dataplane: DataPlaneDep, name: str, version: int | None = Non
 def _split(target: str) -> tuple[str, str]:
     head, _, verb = target.rpartition(":")
     if not head or verb not in VERBS:
-        raise NotFound(f"unknown method {target!r}: use :predict or :classify")
+        raise NotFound(f"unknown method {brief(target)}: use :predict or :classify")
     return head, verb
 
 
