@@ -16,15 +16,15 @@ for _variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 
 from typing import TYPE_CHECKING  # noqa: E402
 
-from service.config import Settings, load_settings  # noqa: E402
 from service.logs import configure_logging  # noqa: E402
+from service.settings import Settings, load_settings  # noqa: E402
 from service.workers import supervise, worker_socket  # noqa: E402
 
 if TYPE_CHECKING:
     import socket
 
+    from service.http.connection import ConnectionLimits
     from service.metrics import Metrics
-    from service.protocol import ConnectionLimits
 
 
 def main() -> int:
@@ -42,7 +42,7 @@ def serve(settings: Settings, listener: socket.socket | None) -> int:
     import uvicorn
 
     from service.app import create_app
-    from service.protocol import guarded_protocol
+    from service.http.connection import guarded_protocol
 
     app = create_app(settings)
     config = uvicorn.Config(
@@ -63,7 +63,7 @@ def serve(settings: Settings, listener: socket.socket | None) -> int:
 
 
 def connection_limits(settings: Settings, metrics: Metrics) -> ConnectionLimits:
-    from service.protocol import ConnectionLimits
+    from service.http.connection import ConnectionLimits
 
     return ConnectionLimits(
         max_connections=settings.max_connections,

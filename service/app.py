@@ -8,13 +8,16 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 
-from service.config import Settings
-from service.dataplane import DataPlane
-from service.decoding import DecodePool, Limits
 from service.errors import install_error_handlers
+from service.http.bodies import DecodePool, Limits
+from service.http.middleware import BodyGuardMiddleware, ObservabilityMiddleware
+from service.inference.dataplane import DataPlane
 from service.metrics import Metrics
-from service.middleware import BodyGuardMiddleware, ObservabilityMiddleware
-from service.routes import admin, docs, evaluate, health, model, predict, ui, v1, v2
+from service.ops import admin, docs, health, models, ui
+from service.protocols.native import evaluate, predict
+from service.protocols.oip import routes as oip
+from service.protocols.tfserving import routes as tfserving
+from service.settings import Settings
 from service.workers import WorkerGroup
 
 
@@ -51,7 +54,7 @@ def create_app(settings: Settings) -> FastAPI:
         summary="Class probabilities for 28x28 grayscale images, served from a versioned model store.",
         version="0.1.0",
         lifespan=lifespan,
-        # /docs is service/routes/docs.py's, from a package (FastAPI's loads Swagger UI from a CDN);
+        # /docs is service/ops/docs.py's, from a package (FastAPI's loads Swagger UI from a CDN);
         # one documentation page is enough, so ReDoc is not offered.
         docs_url=None,
         redoc_url=None,
@@ -72,10 +75,10 @@ def create_app(settings: Settings) -> FastAPI:
     )
     install_error_handlers(app)
     # The inference routes first: routes are matched in order, and these are the hot paths.
-    routers = (predict, v2, v1, evaluate, health, model, admin, ui, docs)
+    routers = (predict, oip, tfserving, evaluate, health, models, admin, ui, docs)
     for router in (module.router for module in routers):
         app.include_router(router)
-    app.include_router(v2.repository)
+    app.include_router(oip.repository)
     app.add_middleware(
         BodyGuardMiddleware,
         budget_bytes=settings.max_inflight_body_bytes,

@@ -13,11 +13,11 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from service.config import Settings
-from service.dataplane import DataPlane
-from service.decoding import Limits, read_body
 from service.errors import NotFound, NotReady, Unauthorized, brief
-from service.loader import LoadedModel
+from service.http.bodies import Limits, read_body
+from service.inference.dataplane import DataPlane
+from service.inference.model import LoadedModel
+from service.settings import Settings
 from service.workers import WorkerGroup
 
 

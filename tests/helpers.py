@@ -42,7 +42,7 @@ def require_tool(name: str, install: str) -> str:
 def make_client(store: Path, **overrides: object) -> Iterator[TestClient]:
     """An app around the store (settings overridden as given), once it is ready."""
     from service.app import create_app
-    from service.config import Settings
+    from service.settings import Settings
 
     settings = Settings(model_store=store, **overrides)  # type: ignore[arg-type]
     with TestClient(create_app(settings)) as client:

@@ -15,8 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from core.preprocessing import InvalidInput
-from service.decoding import decode_json
 from service.errors import ApiError
+from service.http.bodies import decode_json
 from tests.helpers import image_bytes, make_client, png_declaring
 
 GOOD = {"instances": [[0] * 784]}

@@ -117,7 +117,7 @@ def test_not_ready_without_a_current_version(tmp_path: Path) -> None:
     from fastapi.testclient import TestClient as Client
 
     from service.app import create_app
-    from service.config import Settings
+    from service.settings import Settings
 
     with Client(create_app(Settings(model_store=tmp_path))) as client:
         assert client.get("/health").status_code == 200

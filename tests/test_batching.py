@@ -16,8 +16,8 @@ from fastapi.testclient import TestClient
 
 from core.engines import Engine, Outputs, load_engine
 from core.store import ModelStore
-from service.batching import MicroBatcher
-from service.loader import Inference, LoadedModel, load_version
+from service.inference.batching import MicroBatcher
+from service.inference.model import Inference, LoadedModel, load_version
 from service.metrics import Metrics
 from tests.helpers import make_client, synthetic_images, wait_until
 

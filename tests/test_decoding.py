@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from bench.attacks import multipart
-from service.decoding import INLINE_UPLOADS, DecodePool, Limits, decode_uploads
+from service.http.bodies import INLINE_UPLOADS, DecodePool, Limits, decode_uploads
 from tests.helpers import image_bytes
 
 T = TypeVar("T")

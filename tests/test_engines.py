@@ -111,7 +111,7 @@ def test_serving_with_the_onnx_engine_never_imports_tensorflow(tiny_store: Path)
     script = (
         "import sys\n"
         "from service.app import create_app\n"
-        "from service.config import Settings\n"
+        "from service.settings import Settings\n"
         "from fastapi.testclient import TestClient\n"
         "from tests.helpers import wait_until\n"
         f"with TestClient(create_app(Settings(model_store={str(tiny_store)!r}))) as client:\n"

@@ -35,7 +35,7 @@ from bench.attacks import (
     running_service,
     send_quietly,
 )
-from service.protocol import OneWriteResponse
+from service.http.connection import OneWriteResponse
 from tests.helpers import REPO, wait_until
 
 pytestmark = pytest.mark.slow

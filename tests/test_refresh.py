@@ -165,9 +165,9 @@ def test_a_store_call_cancelled_as_it_finishes_is_still_cancelled(store_copy: Pa
     import threading
     import time
 
-    from service.config import Settings
-    from service.loader import ModelManager
+    from service.inference.versions import ModelManager
     from service.metrics import Metrics
+    from service.settings import Settings
 
     manager = ModelManager(Settings(model_store=store_copy), Metrics())
     release = threading.Event()
@@ -239,7 +239,7 @@ def test_a_version_that_fails_in_any_way_is_refused_and_a_later_good_one_still_s
 def test_a_watch_pass_that_fails_unexpectedly_is_logged_and_the_watch_goes_on(
     live: TestClient, store_copy: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from service.loader import ModelManager
+    from service.inference.versions import ModelManager
 
     original, calls = ModelManager.reload, []
 
@@ -262,8 +262,8 @@ def test_a_watcher_that_ends_is_restarted_and_readiness_says_so_meanwhile(
 ) -> None:
     import asyncio
 
-    from service import dataplane
-    from service.loader import ModelManager
+    from service.inference import dataplane
+    from service.inference.versions import ModelManager
 
     monkeypatch.setattr(dataplane, "WATCH_RESTART_S", 0.5)
     original, ended = ModelManager.watch, asyncio.Event()
@@ -277,7 +277,7 @@ def test_a_watcher_that_ends_is_restarted_and_readiness_says_so_meanwhile(
 
     monkeypatch.setattr(ModelManager, "watch", watch_once_then_die)
     from service.app import create_app
-    from service.config import Settings
+    from service.settings import Settings
 
     with TestClient(create_app(Settings(model_store=store_copy, poll_interval_s=0.05))) as client:
         wait_until(lambda: ended.is_set())

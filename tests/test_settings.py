@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from service.config import Settings, load_settings
+from service.settings import Settings, load_settings
 
 
 def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

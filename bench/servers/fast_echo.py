@@ -9,7 +9,7 @@ import uvicorn
 from fastapi import FastAPI, Request
 from starlette.responses import Response
 
-from service.decoding import decode_json, read_body
+from service.http.bodies import decode_json, read_body
 
 app = FastAPI()
 ANSWER = orjson.dumps(

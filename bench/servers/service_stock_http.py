@@ -1,6 +1,6 @@
 """The service behind uvicorn's stock HTTP protocols, for the benchmark only.
 
-`HTTP_IMPL=httptools`: the same parser without the guards of service/protocol.py (what they cost);
+`HTTP_IMPL=httptools`: the same parser without the guards of service/http/connection.py (what they cost);
 `HTTP_IMPL=h11`: the pure-Python parser, whose incomplete-event limit is the other way to bound a
 request head (what choosing it would cost). Settings as for `python -m service`.
 """
@@ -10,7 +10,7 @@ import os
 import uvicorn
 
 from service.app import create_app
-from service.config import load_settings
+from service.settings import load_settings
 
 
 def main() -> None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from service.errors import NotReady, Overloaded, Timeout
-from service.loader import Inference, LoadedModel
+from service.inference.model import Inference, LoadedModel
 from service.metrics import Metrics
 
 

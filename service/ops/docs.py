@@ -21,7 +21,7 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from starlette.responses import Response
 
 from service.errors import NotFound, brief
-from service.routes.ui import Asset, load_assets, serve_asset
+from service.ops.ui import Asset, load_assets, serve_asset
 
 ASSETS_PATH = "/docs/assets"
 FILES = ("swagger-ui-bundle.js", "swagger-ui.css", "favicon.png")

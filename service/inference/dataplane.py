@@ -27,19 +27,12 @@ import numpy as np
 
 from core.engines import EngineError
 from core.store import StoreError, VersionNotFound
-from service.batching import MicroBatcher
-from service.config import Settings
 from service.errors import NotFound, NotReady, brief
-from service.loader import (
-    RETRY_MAX_S,
-    RETRY_POLLS,
-    IncompatibleModel,
-    Inference,
-    LoadedModel,
-    ModelManager,
-    refusal_reason,
-)
+from service.inference.batching import MicroBatcher
+from service.inference.model import IncompatibleModel, Inference, LoadedModel, refusal_reason
+from service.inference.versions import RETRY_MAX_S, RETRY_POLLS, ModelManager
 from service.metrics import Metrics
+from service.settings import Settings
 
 VersionKey = tuple[str, int]
 MAX_REFUSED = 100  # failed versions remembered at once

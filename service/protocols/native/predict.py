@@ -14,12 +14,12 @@ from PIL import Image
 from starlette.responses import Response
 
 from core.preprocessing import InvertMode
-from service.dataplane import DataPlane
-from service.decoding import decode_request, inline_or_pooled
 from service.deps import require_api_key
 from service.errors import InvalidRequest, brief
-from service.loader import Inference, LoadedModel
-from service.schemas import PredictRequest, PredictResponse, error_responses, image_body_doc
+from service.http.bodies import decode_request, inline_or_pooled
+from service.inference.dataplane import DataPlane
+from service.inference.model import Inference, LoadedModel
+from service.protocols.native.schemas import PredictRequest, PredictResponse, error_responses, image_body_doc
 
 router = APIRouter(tags=["inference"])
 INVERT_MODES = get_args(InvertMode)

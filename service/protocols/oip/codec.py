@@ -19,9 +19,9 @@ import numpy as np
 import orjson
 
 from core.preprocessing import INPUT_SHAPE, PIXELS_PER_IMAGE, as_batch
-from service.decoding import has_boolean, may_hold_boolean, parse_json
 from service.errors import BadRequest, InvalidRequest, PayloadTooLarge, brief
-from service.loader import Inference, LoadedModel
+from service.http.bodies import has_boolean, may_hold_boolean, parse_json
+from service.inference.model import Inference, LoadedModel
 
 HEADER_LENGTH = "inference-header-content-length"
 INPUT_NAME = "pixels"

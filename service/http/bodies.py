@@ -50,7 +50,7 @@ from service.errors import (
     UnsupportedMediaType,
     brief,
 )
-from service.multipart import parse_multipart
+from service.http.multipart import parse_multipart
 
 IMAGE_TYPES = {
     "image/png": "PNG",

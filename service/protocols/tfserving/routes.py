@@ -1,7 +1,7 @@
 """TF Serving's REST API (= KServe V1, /v1): a thin adapter over the data plane.
 
 `POST /v1/models/{name}[/versions/{v}]:predict` and `:classify`, model status and metadata.
-Decoding and encoding are service/tfserving.py's; b64 images go through the upload conversion in the
+Decoding and encoding are codec.py's; b64 images go through the upload conversion in the
 decode pool. Errors are {"error": "message"} (service/errors.py).
 """
 
@@ -13,18 +13,18 @@ import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from service import tfserving
-from service.dataplane import DataPlane
-from service.decoding import (
+from service.deps import DataPlaneDep, admit, require_api_key, version_number
+from service.errors import NotFound, brief
+from service.http.bodies import (
     INLINE_BODY_BYTES,
     convert_uploads,
     inline_or_pooled,
     open_images,
     parse_json,
 )
-from service.deps import DataPlaneDep, admit, require_api_key, version_number
-from service.errors import NotFound, brief
-from service.schemas import path_parameters
+from service.inference.dataplane import DataPlane
+from service.protocols.native.schemas import path_parameters
+from service.protocols.tfserving import codec
 
 router = APIRouter(prefix="/v1/models", tags=["TF Serving REST (KServe V1)"])
 VERBS = {"predict": "instances", "classify": "examples"}
@@ -54,13 +54,13 @@ async def run_version(request: Request) -> Response:
 @router.get("/{name}/versions/{version}", summary="Status of a version (loads it)")
 async def status(dataplane: DataPlaneDep, name: str, version: int | None = None) -> dict[str, Any]:
     model = await dataplane.model(name, version)
-    return tfserving.version_status(model.version)
+    return codec.version_status(model.version)
 
 
 @router.get("/{name}/metadata", summary="Signature of the served version")
 @router.get("/{name}/versions/{version}/metadata", summary="Signature of a version")
 async def metadata(dataplane: DataPlaneDep, name: str, version: int | None = None) -> dict[str, Any]:
-    return tfserving.metadata(await dataplane.model(name, version))
+    return codec.metadata(await dataplane.model(name, version))
 
 
 def _split(target: str) -> tuple[str, str]:
@@ -76,9 +76,9 @@ async def _run(request: Request, name: str, version: int | None, verb: str) -> R
     admitted = await admit(request, name, version)
     model, body, deadline, limits = admitted.model, admitted.body, admitted.deadline, state.limits
 
-    def parse(_: object) -> tfserving.V1Request:
+    def parse(_: object) -> codec.V1Request:
         document = parse_json(body, limits.max_instances)
-        return tfserving.parse_request(document, VERBS[verb], limits.max_instances, body)
+        return codec.parse_request(document, VERBS[verb], limits.max_instances, body)
 
     parsed = await inline_or_pooled(parse, len(body) <= INLINE_BODY_BYTES, state.decode_pool, deadline)
     if parsed.pixels is not None:
@@ -90,8 +90,8 @@ async def _run(request: Request, name: str, version: int | None, verb: str) -> R
         )
     inference = await dataplane.infer(model, images, deadline)
     answer = (
-        tfserving.predictions(model, inference, parsed.row_format)
+        codec.predictions(model, inference, parsed.row_format)
         if verb == "predict"
-        else tfserving.classification(model, inference)
+        else codec.classification(model, inference)
     )
     return Response(orjson.dumps(answer), media_type="application/json")

@@ -11,7 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.responses import Response
 
 from service.deps import DataPlaneDep, require_ready
-from service.schemas import Ready, error_responses
+from service.protocols.native.schemas import Ready, error_responses
 
 router = APIRouter(tags=["operations"])
 

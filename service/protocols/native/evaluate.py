@@ -21,12 +21,17 @@ from starlette.responses import Response
 from core.datasets import FASHION_MNIST_CLASSES, Split, load_fashion_mnist_test
 from core.evaluation import evaluate_probabilities, reliability_bins
 from core.preprocessing import InvertMode
-from service.dataplane import DataPlane
-from service.decoding import decode_request
 from service.deps import DataPlaneDep, LimitsDep, ModelDep, SettingsDep, require_api_key
 from service.errors import InvalidRequest, Overloaded, brief
-from service.loader import Inference, LoadedModel
-from service.schemas import EvaluateRequest, EvaluateResponse, error_responses, image_body_doc
+from service.http.bodies import decode_request
+from service.inference.dataplane import DataPlane
+from service.inference.model import Inference, LoadedModel
+from service.protocols.native.schemas import (
+    EvaluateRequest,
+    EvaluateResponse,
+    error_responses,
+    image_body_doc,
+)
 
 router = APIRouter(tags=["inference"], dependencies=[Depends(require_api_key)])
 JSON_FIELDS = frozenset({"labels", "dataset", "limit"})

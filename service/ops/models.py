@@ -10,8 +10,8 @@ from starlette.responses import Response
 from core.store import FIGURE_FILES, VersionNotFound
 from service.deps import DataPlaneDep, ModelDep, version_number
 from service.errors import NotFound, brief
-from service.loader import LoadedModel
-from service.schemas import error_responses
+from service.inference.model import LoadedModel
+from service.protocols.native.schemas import error_responses
 
 router = APIRouter(tags=["model"])
 PRIVATE_TRAINING_KEYS = frozenset({"dataset_source"})

@@ -1,6 +1,6 @@
 """The Open Inference Protocol v2 (KServe V2, Triton's HTTP API): a thin adapter over the data plane.
 
-Decoding and encoding are service/oip.py's; model lookup, batching and metrics are the data plane's.
+Decoding and encoding are codec.py's; model lookup, batching and metrics are the data plane's.
 Errors are {"error": "message"} (service/errors.py). tritonclient sends binary inputs with no
 Content-Type, so the infer route reads the raw body itself.
 """
@@ -14,12 +14,12 @@ from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 
 from core.store import model_names
-from service import oip
-from service.dataplane import DataPlane
-from service.decoding import INLINE_BODY_BYTES, inline_or_pooled
 from service.deps import DataPlaneDep, admit, require_admin, require_api_key, require_ready, version_number
 from service.errors import Conflict, InvalidRequest, NotFound, NotReady
-from service.schemas import path_parameters
+from service.http.bodies import INLINE_BODY_BYTES, inline_or_pooled
+from service.inference.dataplane import DataPlane
+from service.protocols.native.schemas import path_parameters
+from service.protocols.oip import codec
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol v2"])
 repository = APIRouter(
@@ -51,9 +51,9 @@ async def infer(request: Request) -> Response:
     dataplane: DataPlane = state.dataplane
     admitted = await admit(request, name, version)
     model, body, deadline, limits = admitted.model, admitted.body, admitted.deadline, state.limits
-    header_length = request.headers.get(oip.HEADER_LENGTH)
+    header_length = request.headers.get(codec.HEADER_LENGTH)
     parsed = await inline_or_pooled(
-        lambda _: oip.parse_infer(
+        lambda _: codec.parse_infer(
             body, header_length, model, limits.max_instances, limits.max_bulk_instances
         ),
         len(body) <= INLINE_BODY_BYTES,
@@ -61,7 +61,7 @@ async def infer(request: Request) -> Response:
         deadline,
     )
     inference = await dataplane.infer(model, parsed.images, deadline)
-    content, json_length = oip.encode_infer(model, parsed, inference)
+    content, json_length = codec.encode_infer(model, parsed, inference)
     if json_length is None:
         return Response(content, media_type="application/json")
     return Response(
@@ -92,7 +92,7 @@ async def server_metadata() -> dict[str, Any]:
 async def model_metadata(dataplane: DataPlaneDep, name: str, version: int | None = None) -> dict[str, Any]:
     model = await dataplane.model(name, version)
     versions = await dataplane.managers[model.name].run_io(dataplane.managers[model.name].store.versions)
-    return oip.model_metadata(model, versions)
+    return codec.model_metadata(model, versions)
 
 
 @router.get("/models/{name}/ready", summary="Whether the model's served version is ready")

@@ -14,7 +14,7 @@ from starlette.responses import Response
 
 from service.errors import NotFound, brief
 
-STATIC = Path(__file__).resolve().parent.parent / "static"
+STATIC = Path(__file__).resolve().parent / "static"
 MEDIA_TYPES = {
     ".html": "text/html; charset=utf-8",
     ".js": "text/javascript",

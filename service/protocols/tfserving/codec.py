@@ -18,10 +18,10 @@ from typing import Any
 import numpy as np
 
 from core.preprocessing import InvalidPixels
-from service.decoding import has_boolean, may_hold_boolean, pixels_from_json
 from service.errors import InvalidRequest, brief
-from service.loader import Inference, LoadedModel
-from service.oip import INPUT_NAME, TensorSpec, input_spec, output_specs
+from service.http.bodies import has_boolean, may_hold_boolean, pixels_from_json
+from service.inference.model import Inference, LoadedModel
+from service.protocols.oip.codec import INPUT_NAME, TensorSpec, input_spec, output_specs
 
 B64 = "b64"
 

@@ -1,0 +1,1 @@
+"""Operations: health, models and versions, admin, the page at / and the API documentation."""

@@ -1,0 +1,1 @@
+"""The native API: /predict and /evaluate, with their schemas."""
