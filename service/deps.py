@@ -72,10 +72,8 @@ async def require_admin(request: Request) -> None:
     await require_api_key(request)
 
 
-def version_number(raw: str | None) -> int | None:
+def version_number(raw: str) -> int:
     """A version from a path; 404 for anything but a plain number."""
-    if raw is None:
-        return None
     if not (0 < len(raw) <= 9 and raw.isascii() and raw.isdigit()):
         raise NotFound(f"{brief(raw)} is not a version number", code="version_not_found")
     return int(raw)

@@ -132,6 +132,25 @@ def test_an_unchanged_failed_version_is_retried_with_backoff(live: TestClient, s
     assert served(live) == 1 and reloads(live, "failure") >= 3
 
 
+def test_a_version_the_watcher_refused_is_refused_by_number_with_its_reason(
+    live: TestClient, store_copy: Path
+) -> None:
+    # One memory of failed versions: asked for by number, it answers from the watcher's failure
+    # (within the backoff, without loading the version again), whichever protocol asks.
+    store = ModelStore(store_copy, "fashion-mnist")
+    version = republish(store_copy, class_names=[f"c{i}" for i in range(10)])
+    failures = reloads(live, "failure")
+    store.promote(version)
+    wait_until(lambda: reloads(live, "failure") > failures, timeout_s=10)
+    store.promote(1, reason="rollback")
+    for path in (
+        f"/v2/models/fashion-mnist/versions/{version}",
+        f"/v1/models/fashion-mnist/versions/{version}",
+    ):
+        response = live.get(path)
+        assert response.status_code == 404 and "has classes ['c0'" in response.json()["error"]
+
+
 def test_a_version_number_beyond_64_bits_is_refused_and_logged(
     live: TestClient, store_copy: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -8,8 +8,8 @@ here, once, whichever protocol a request came in by.
 Each served model (MODEL_NAME and MODELS) has a ModelManager that follows its promoted version and a
 MicroBatcher of its own, so a busy model queues behind itself, never in front of another. A version
 asked for by number is loaded on first use (off the event loop, verified like any other) and kept
-among the MAX_LOADED_VERSIONS most recently used; one that fails is refused without another attempt
-for RETRY_POLLS poll intervals.
+among the MAX_LOADED_VERSIONS most recently used; one that fails is refused from the manager's memory
+of failed versions until its backoff is over (versions.py).
 
 A model's store watcher never ends by itself (each pass guards its own failures); should it end all
 the same, it is started again after a backoff (WATCH_RESTART_S, doubling up to RETRY_MAX_S), counted
@@ -22,20 +22,19 @@ import asyncio
 import contextlib
 import logging
 from collections import OrderedDict
+from typing import Any
 
 import numpy as np
 
-from core.engines import EngineError
-from core.store import StoreError, VersionNotFound
+from core.store import VersionNotFound, model_names
 from service.errors import NotFound, NotReady, brief
 from service.inference.batching import MicroBatcher
-from service.inference.model import IncompatibleModel, Inference, LoadedModel, refusal_reason
-from service.inference.versions import RETRY_MAX_S, RETRY_POLLS, ModelManager
+from service.inference.model import Inference, LoadedModel
+from service.inference.versions import RETRY_MAX_S, ModelManager, ReloadOutcome, VersionRefused
 from service.metrics import Metrics
 from service.settings import Settings
 
 VersionKey = tuple[str, int]
-MAX_REFUSED = 100  # failed versions remembered at once
 WATCH_RESTART_S = 1.0  # the first restart of a watcher that ended; then doubling
 logger = logging.getLogger(__name__)
 
@@ -50,10 +49,6 @@ class DataPlane:
         self.max_loaded_versions = settings.max_loaded_versions
         self._explicit: OrderedDict[VersionKey, LoadedModel] = OrderedDict()
         self._loading: dict[VersionKey, asyncio.Task[LoadedModel]] = {}
-        # Versions that failed to load, with why and until when (event-loop time) that answer stands:
-        # a client asking again and again for a broken version must not keep the store thread busy.
-        self._refused: dict[VersionKey, tuple[str, float]] = {}
-        self.refusal_s = RETRY_POLLS * settings.poll_interval_s
         self._watchers: dict[str, asyncio.Task[None]] = {}
         self._watch_restarts: dict[str, int] = {}
 
@@ -161,10 +156,6 @@ class DataPlane:
         if cached is not None:
             self._explicit.move_to_end(key)
             return cached
-        now = asyncio.get_running_loop().time()
-        refused = self._refused.get(key)
-        if refused is not None and now < refused[1]:
-            raise NotFound(refused[0], code="version_not_found")
         task = self._loading.get(key)
         if task is None:  # one load per version, however many requests ask for it meanwhile
             task = asyncio.create_task(self.managers[served.name].load(version), name=f"load-{key}")
@@ -172,19 +163,11 @@ class DataPlane:
             task.add_done_callback(lambda _: self._loading.pop(key, None))
         try:
             loaded = await asyncio.shield(task)
-        except (StoreError, EngineError, IncompatibleModel) as exc:
-            reason = f"model {served.name!r} version {version} cannot be served: {refusal_reason(exc)}"
-            if not isinstance(exc, VersionNotFound):  # a missing folder is cheap to find missing again
-                self._refuse(key, reason, now + self.refusal_s)
+        except (VersionNotFound, VersionRefused) as exc:
+            reason = f"model {served.name!r} version {version} cannot be served: {exc}"
             raise NotFound(reason, code="version_not_found") from None
         self._remember(key, loaded)
         return loaded
-
-    def _refuse(self, key: VersionKey, reason: str, until: float) -> None:
-        self._refused.pop(key, None)
-        self._refused[key] = (reason, until)
-        while len(self._refused) > MAX_REFUSED:  # the oldest first: dicts keep insertion order
-            del self._refused[next(iter(self._refused))]
 
     def _remember(self, key: VersionKey, loaded: LoadedModel) -> None:
         if self.max_loaded_versions == 0:
@@ -193,6 +176,45 @@ class DataPlane:
         self._explicit.move_to_end(key)
         while len(self._explicit) > self.max_loaded_versions:
             self._explicit.popitem(last=False)
+
+    def served_versions(self) -> dict[str, LoadedModel | None]:
+        """Every served model's name and the version it serves (None while it has none yet)."""
+        return {name: manager.served for name, manager in self.managers.items()}
+
+    # ---- the store, for operations (read in each model's store thread, with its timeout) ----
+
+    async def store_models(self) -> list[str]:
+        """Every model of the store, served or not."""
+        return await asyncio.to_thread(model_names, self.settings.model_store)
+
+    async def store_versions(self, name: str) -> list[int]:
+        manager = self.manager(name)
+        return await manager.run_io(manager.store.versions)
+
+    async def version_table(self, name: str | None = None) -> dict[str, Any]:
+        """The store's versions of a served model with their metrics; which is promoted and served."""
+        manager = self.manager(name or self.default_name)
+        return await manager.run_io(manager.version_table)
+
+    async def figure(self, name: str, version: int, figure: str) -> bytes:
+        """A version's figure (a PNG); VersionNotFound when the version or the figure is not there."""
+        manager = self.manager(name)
+        return await manager.run_io(manager.store.read_figure, version, figure)
+
+    async def reload(self, name: str | None = None) -> ReloadOutcome:
+        """Check the store now and swap to the promoted version if it passes."""
+        return await self.manager(name or self.default_name).reload(force=True)
+
+    async def load(self, name: str) -> ReloadOutcome:
+        """Serve a model of the store (or reload a served one) now. A load that finds no servable
+        version registers nothing: readiness must not wait for that model."""
+        if name not in await self.store_models():
+            raise NotFound(f"the store has no model {brief(name)}", code="model_not_found")
+        newly = name not in self.managers
+        outcome = await self.serve(name).reload(force=True)
+        if outcome.served is None and newly:
+            await self.unserve(name)
+        return outcome
 
     def loaded_versions(self, name: str) -> list[int]:
         """The versions of a model that answer without loading: the promoted one and the cached ones."""
@@ -210,3 +232,10 @@ class DataPlane:
 
     async def infer(self, model: LoadedModel, images: np.ndarray, deadline: float | None = None) -> Inference:
         return await self.batchers[model.name].predict(model, images, deadline)
+
+    async def infer_chunked(self, model: LoadedModel, images: np.ndarray, deadline: float) -> Inference:
+        """Many images (an evaluation) as one batcher job per MAX_BATCH_IMAGES, one after another, so
+        other requests interleave."""
+        size = self.batchers[model.name].max_batch_images
+        parts = [await self.infer(model, images[i : i + size], deadline) for i in range(0, len(images), size)]
+        return Inference.concatenate(parts)

@@ -8,6 +8,11 @@ training job can hold anything): the failure is logged and counted, and the vers
 when any of its files changes, when a reload is forced, or after a backoff (RETRY_POLLS poll
 intervals, doubling up to RETRY_MAX_S) in case the failure was transient. A pass of the watch loop
 that fails is logged and the loop goes on. The store is never modified here.
+
+One memory of failed versions serves both the watcher and the versions asked for by number: a
+version that failed either way is refused, without another load, until its backoff is over (the
+watcher also retries it as soon as its files change). A client asking again and again for a broken
+version therefore costs nothing, and a missing version folder (cheap to find missing) is not kept.
 """
 
 from __future__ import annotations
@@ -21,8 +26,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from core.engines import EngineError, EngineKind
-from core.store import ModelStore, StoreError
+from core.engines import EngineKind
+from core.store import ModelStore, StoreError, VersionNotFound
 from service.inference.model import (
     LOAD_ERRORS,
     LoadedModel,
@@ -35,8 +40,13 @@ from service.settings import Settings
 logger = logging.getLogger(__name__)
 RETRY_POLLS = 10
 RETRY_MAX_S = 600.0
+MAX_FAILED = 100  # failed versions remembered per model (the oldest forgotten first)
 T = TypeVar("T")
 Fingerprint = tuple[tuple[str, int, int], ...]
+
+
+class VersionRefused(Exception):
+    """A version that failed to load, refused until its backoff is over; the message is the reason."""
 
 
 @dataclass(frozen=True)
@@ -141,16 +151,25 @@ class ModelManager:
             return ReloadOutcome(loaded.version, True)
 
     async def load(self, version: int) -> LoadedModel:
-        """Load and verify a version asked for by number, without serving it as the promoted one;
-        raises one of LOAD_ERRORS, whatever went wrong. (Not a reload: model_reloads_total counts the
-        versions swapped in, and their failures.)"""
+        """Load and verify a version asked for by number, without serving it as the promoted one.
+        Raises VersionNotFound, or VersionRefused whatever else went wrong, and while a failure of
+        that version (by number or by the watcher) is within its backoff. (Not a reload:
+        model_reloads_total counts the versions swapped in, and their failures.)"""
+        failure = self._failed.get(version)
+        if failure is not None and time.monotonic() < failure.retry_at:
+            raise VersionRefused(failure.reason)
         try:
-            return await self.run_io(load_version, self.store, version, self.engine_kind, self.served)
-        except LOAD_ERRORS:
+            loaded = await self.run_io(load_version, self.store, version, self.engine_kind, self.served)
+        except VersionNotFound:
             raise
         except Exception as exc:
-            logger.exception("unexpected error loading a version", extra={"version": version})
-            raise EngineError(refusal_reason(exc)) from exc
+            if not isinstance(exc, LOAD_ERRORS):
+                logger.exception("unexpected error loading a version", extra={"version": version})
+            reason = refusal_reason(exc)
+            self._remember_failure(version, reason)
+            raise VersionRefused(reason) from exc
+        self._failed.pop(version, None)
+        return loaded
 
     def _due(self, version: int, fingerprint: Fingerprint) -> bool:
         """Whether to try a version: never failed, its files changed since, or its backoff is over."""
@@ -193,12 +212,19 @@ class ModelManager:
             },
         )
 
+    def _remember_failure(self, version: int, reason: str, fingerprint: Fingerprint = ()) -> None:
+        """The one memory of failed versions: the reason, the files then, and the next try's time."""
+        previous = self._failed.pop(version, None)
+        attempts = previous.attempts + 1 if previous else 1
+        delay = min(RETRY_MAX_S, self.retry_base_s * 2 ** (attempts - 1))
+        fingerprint = fingerprint or (previous.fingerprint if previous else ())
+        self._failed[version] = _Failure(reason, fingerprint, attempts, time.monotonic() + delay)
+        while len(self._failed) > MAX_FAILED:  # the oldest first: dicts keep insertion order
+            del self._failed[next(iter(self._failed))]
+
     def _failure(self, version: int | None, reason: str, fingerprint: Fingerprint = ()) -> ReloadOutcome:
         if version is not None:
-            previous = self._failed.get(version)
-            attempts = previous.attempts + 1 if previous else 1
-            delay = min(RETRY_MAX_S, self.retry_base_s * 2 ** (attempts - 1))
-            self._failed[version] = _Failure(reason, fingerprint, attempts, time.monotonic() + delay)
+            self._remember_failure(version, reason, fingerprint)
         self.metrics.reloads.labels(self.name, "failure").inc()
         served = self.served.version if self.served else None
         logger.error("version not served", extra={"version": version, "reason": reason, "serving": served})

@@ -19,12 +19,10 @@ router = APIRouter(
 
 @router.post("/reload", summary="Check the store now and swap to the promoted version if it passes")
 async def reload(dataplane: DataPlaneDep, model: str | None = None) -> dict[str, Any]:
-    manager = dataplane.manager(model or dataplane.default_name)
-    outcome = await manager.reload(force=True)
+    outcome = await dataplane.reload(model)
     return {"served_version": outcome.served, "changed": outcome.changed, "error": outcome.error}
 
 
 @router.get("/versions", summary="Versions in the store with their metrics; which is promoted and served")
 async def versions(dataplane: DataPlaneDep, model: str | None = None) -> dict[str, Any]:
-    manager = dataplane.manager(model or dataplane.default_name)
-    return await manager.run_io(manager.version_table)
+    return await dataplane.version_table(model)

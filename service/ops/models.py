@@ -30,8 +30,7 @@ async def default_model(model: ModelDep) -> dict[str, Any]:
 @router.get("/models", summary="The served models: name, served version, loaded versions, classes")
 async def served_models(dataplane: DataPlaneDep) -> dict[str, Any]:
     rows = []
-    for name, manager in dataplane.managers.items():
-        model = manager.served
+    for name, model in dataplane.served_versions().items():
         rows.append(
             {
                 "name": name,
@@ -60,8 +59,7 @@ async def named_model(name: str, dataplane: DataPlaneDep) -> dict[str, Any]:
     responses=error_responses(404, 503),
 )
 async def versions(name: str, dataplane: DataPlaneDep) -> dict[str, Any]:
-    manager = dataplane.manager(name)
-    return await manager.run_io(manager.version_table)
+    return await dataplane.version_table(name)
 
 
 @router.get(
@@ -71,10 +69,9 @@ async def versions(name: str, dataplane: DataPlaneDep) -> dict[str, Any]:
     responses={200: {"content": {"image/png": {}}}, **error_responses(404, 503)},
 )
 async def figure(name: str, version: str, figure: str, dataplane: DataPlaneDep) -> Response:
-    manager = dataplane.manager(name)
     number = version_number(version)
     try:
-        png = await manager.run_io(manager.store.read_figure, number, figure)
+        png = await dataplane.figure(name, number, figure)
     except VersionNotFound as exc:
         figures = ", ".join(FIGURE_FILES)
         message = (

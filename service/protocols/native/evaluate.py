@@ -24,8 +24,7 @@ from core.preprocessing import InvertMode
 from service.deps import DataPlaneDep, LimitsDep, ModelDep, SettingsDep, require_api_key
 from service.errors import InvalidRequest, Overloaded, brief
 from service.http.bodies import decode_request
-from service.inference.dataplane import DataPlane
-from service.inference.model import Inference, LoadedModel
+from service.inference.model import LoadedModel
 from service.protocols.native.schemas import (
     EvaluateRequest,
     EvaluateResponse,
@@ -89,7 +88,7 @@ async def evaluate(
             json_fields=JSON_FIELDS,
         )
         split = await _labelled_split(state.test_set, model, decoded.images, decoded.fields)
-        inference = await _predict_in_batches(dataplane, model, split.images, decoded.deadline)
+        inference = await dataplane.infer_chunked(model, split.images, decoded.deadline)
     metrics, matrix = evaluate_probabilities(inference.probabilities, split.labels, model.class_names)
     flags = inference.ood_flags
     body = {
@@ -122,17 +121,6 @@ async def _labelled_split(
     raise InvalidRequest(
         "send instances (or image files) with labels, or a dataset", code="missing_instances"
     )
-
-
-async def _predict_in_batches(
-    dataplane: DataPlane, model: LoadedModel, images: np.ndarray, deadline: float
-) -> Inference:
-    """One batcher job per MAX_BATCH_IMAGES images, one after another, so other requests interleave."""
-    size = dataplane.batchers[model.name].max_batch_images
-    parts = [
-        await dataplane.infer(model, images[i : i + size], deadline) for i in range(0, len(images), size)
-    ]
-    return Inference.concatenate(parts)
 
 
 def parse_labels(raw: Any, count: int, class_names: list[str]) -> np.ndarray:

@@ -7,15 +7,13 @@ Content-Type, so the infer route reads the raw body itself.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 
-from core.store import model_names
 from service.deps import DataPlaneDep, admit, require_admin, require_api_key, require_ready, version_number
-from service.errors import Conflict, InvalidRequest, NotFound, NotReady
+from service.errors import Conflict, InvalidRequest, NotReady
 from service.http.bodies import INLINE_BODY_BYTES, inline_or_pooled
 from service.inference.dataplane import DataPlane
 from service.protocols.native.schemas import path_parameters
@@ -46,7 +44,8 @@ async def infer(request: Request) -> Response:
     # The hot path, like /predict: no dependency injection or parameter validation, which cost more
     # per request than a one-image inference.
     await require_api_key(request)
-    name, version = request.path_params["name"], version_number(request.path_params.get("version"))
+    name, raw_version = request.path_params["name"], request.path_params.get("version")
+    version = None if raw_version is None else version_number(raw_version)
     state = request.app.state
     dataplane: DataPlane = state.dataplane
     admitted = await admit(request, name, version)
@@ -91,8 +90,7 @@ async def server_metadata() -> dict[str, Any]:
 @router.get("/models/{name}/versions/{version}", summary="Model metadata of a version")
 async def model_metadata(dataplane: DataPlaneDep, name: str, version: int | None = None) -> dict[str, Any]:
     model = await dataplane.model(name, version)
-    versions = await dataplane.managers[model.name].run_io(dataplane.managers[model.name].store.versions)
-    return codec.model_metadata(model, versions)
+    return codec.model_metadata(model, await dataplane.store_versions(model.name))
 
 
 @router.get("/models/{name}/ready", summary="Whether the model's served version is ready")
@@ -104,18 +102,15 @@ async def model_ready(dataplane: DataPlaneDep, name: str, version: int | None = 
 
 @repository.post("/index", summary="Every model of the store and whether it is served (needs API_KEY)")
 async def index(dataplane: DataPlaneDep) -> list[dict[str, Any]]:
-    names = await asyncio.to_thread(model_names, dataplane.settings.model_store)
+    served = dataplane.served_versions()
     rows = []
-    for name in names:
-        manager = dataplane.managers.get(name)
-        if manager is None:
+    for name in await dataplane.store_models():
+        if name not in served:
             rows.append({"name": name, "state": "UNAVAILABLE", "reason": "not loaded"})
-        elif manager.served is None:
+        elif (model := served[name]) is None:
             rows.append({"name": name, "state": "LOADING", "reason": ""})
         else:
-            rows.append(
-                {"name": name, "version": str(manager.served.version), "state": "READY", "reason": ""}
-            )
+            rows.append({"name": name, "version": str(model.version), "state": "READY", "reason": ""})
     return rows
 
 
@@ -133,13 +128,8 @@ async def one_process(request: Request) -> None:
     dependencies=[Depends(one_process)],
 )
 async def load(dataplane: DataPlaneDep, name: str) -> dict[str, Any]:
-    if name not in await asyncio.to_thread(model_names, dataplane.settings.model_store):
-        raise NotFound(f"the store has no model {name!r}", code="model_not_found")
-    newly = name not in dataplane.managers
-    outcome = await dataplane.serve(name).reload(force=True)
+    outcome = await dataplane.load(name)
     if outcome.served is None:
-        if newly:  # a load that failed registers nothing: readiness must not wait for this model
-            await dataplane.unserve(name)
         raise NotReady(f"model {name!r} has no servable version: {outcome.error}")
     return {"name": name, "load": True, "version": str(outcome.served)}
 
