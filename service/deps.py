@@ -15,6 +15,7 @@ from fastapi import Depends, Request
 
 from service.errors import NotFound, NotReady, Unauthorized, brief
 from service.http.bodies import Limits, read_body
+from service.http.validate import digits
 from service.inference.dataplane import DataPlane
 from service.inference.model import LoadedModel
 from service.settings import Settings
@@ -74,9 +75,10 @@ async def require_admin(request: Request) -> None:
 
 def version_number(raw: str) -> int:
     """A version from a path; 404 for anything but a plain number."""
-    if not (0 < len(raw) <= 9 and raw.isascii() and raw.isdigit()):
+    number = digits(raw, 9)
+    if not number:
         raise NotFound(f"{brief(raw)} is not a version number", code="version_not_found")
-    return int(raw)
+    return number
 
 
 @dataclass(frozen=True)

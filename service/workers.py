@@ -31,6 +31,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from service.http.validate import digits
+
 logger = logging.getLogger("service.workers")
 
 SOCKET_FD_VAR = "SERVICE_WORKER_FD"  # set for workers: the inherited listening socket
@@ -95,10 +97,8 @@ class WorkerGroup:
 
 
 def _marker_pid(name: str) -> int | None:
-    digits = name.removeprefix("ready-")
-    if not (digits.isascii() and digits.isdigit()) or len(digits) > 9 or digits.startswith("0"):
-        return None
-    return int(digits)
+    pid = name.removeprefix("ready-")
+    return None if pid.startswith("0") else digits(pid, 9)
 
 
 def _alive(pid: int) -> bool:

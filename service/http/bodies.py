@@ -51,6 +51,7 @@ from service.errors import (
     brief,
 )
 from service.http.multipart import parse_multipart
+from service.http.validate import digits
 
 IMAGE_TYPES = {
     "image/png": "PNG",
@@ -119,7 +120,7 @@ class DecodePool:
 async def read_body(request: Request, limit: int) -> bytes:
     """The whole body, refusing more than `limit` bytes whether or not Content-Length is sent."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit:
+    if declared is not None and (digits(declared, 20) or 0) > limit:
         raise PayloadTooLarge(f"the body has {declared} bytes, more than the limit of {limit}")
     chunks, size = [], 0
     async for chunk in request.stream():

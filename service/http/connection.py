@@ -43,6 +43,7 @@ from uvicorn._types import ASGI3Application, ASGIReceiveCallable, ASGISendCallab
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from service.errors import brief
+from service.http.validate import digits
 
 access_log = logging.getLogger("service.access")
 
@@ -207,11 +208,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if b"chunked" in headers.get(b"transfer-encoding", b"").lower():
             self._refuse(400, "invalid_http", "a chunked body with Connection: Upgrade", "invalid_http")
             raise _Refused
-        length = headers.get(b"content-length", b"0")
-        if not (length.isascii() and length.isdigit() and len(length) <= 20):
+        length = digits(headers.get(b"content-length", b"0").decode("latin-1"), 20)
+        if length is None:
             self._refuse(400, "invalid_http", "the Content-Length is not a number", "invalid_http")
             raise _Refused
-        self._upgrade_body = int(length)
+        self._upgrade_body = length
 
     def _feed_upgrade_body(self, data: bytes) -> None:
         due = self._upgrade_body or 0

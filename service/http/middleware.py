@@ -17,6 +17,7 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.errors import BodyTimeout, Overloaded, error_response
+from service.http.validate import digits
 from service.metrics import Metrics
 
 access_log = logging.getLogger("service.access")
@@ -214,5 +215,5 @@ def _chunked(scope: Scope) -> bool:
 def _content_length(scope: Scope) -> int:
     for name, value in scope["headers"]:
         if name == b"content-length":
-            return int(value) if value.isascii() and value.isdigit() else 0
+            return digits(value.decode("latin-1"), 20) or 0
     return 0

@@ -45,6 +45,11 @@ class Inference:
             None if self.ood_flags is None else self.ood_flags[rows],
         )
 
+    def rank(self, k: int | None = None) -> np.ndarray:
+        """Class ids best first, per image ((N, k), all classes when k is None); ties keep class order."""
+        order = np.argsort(-self.probabilities, axis=1, kind="stable")
+        return order if k is None else order[:, :k]
+
     @staticmethod
     def concatenate(parts: list[Inference]) -> Inference:
         """The inverse of slicing: parts of one version's answers, in order."""

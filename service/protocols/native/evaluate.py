@@ -24,6 +24,7 @@ from core.preprocessing import InvertMode
 from service.deps import DataPlaneDep, LimitsDep, ModelDep, SettingsDep, require_api_key
 from service.errors import InvalidRequest, Overloaded, brief
 from service.http.bodies import decode_request
+from service.http.validate import digits, is_int, is_positive_int
 from service.inference.model import LoadedModel
 from service.protocols.native.schemas import (
     EvaluateRequest,
@@ -113,7 +114,7 @@ async def _labelled_split(
                 f"unknown dataset {brief(fields['dataset'])}; the only one is 'test'", code="invalid_dataset"
             )
         limit = fields.get("limit")
-        if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
+        if limit is not None and not is_positive_int(limit):
             raise InvalidRequest(f"limit must be a positive integer, received {brief(limit)}")
         return (await test_set.get()).head(limit)
     if len(images):
@@ -147,9 +148,9 @@ def _label_list(raw: str) -> Any:
 
 
 def _class_id(label: Any, class_names: list[str]) -> int:
-    if isinstance(label, str) and _is_class_number(label.strip()):
-        label = int(label)
-    if isinstance(label, int) and not isinstance(label, bool) and 0 <= label < len(class_names):
+    if isinstance(label, str) and (number := digits(label.strip(), 9)) is not None:
+        label = number
+    if is_int(label) and 0 <= label < len(class_names):
         return label
     if isinstance(label, str) and label in class_names:
         return class_names.index(label)
@@ -157,8 +158,3 @@ def _class_id(label: Any, class_names: list[str]) -> int:
         f"label {brief(label)} is not a class: use 0-{len(class_names) - 1} or one of {class_names}",
         code="invalid_labels",
     )
-
-
-def _is_class_number(text: str) -> bool:
-    # ASCII digits only ("²".isdigit() is true, int() refuses it), and short enough for int().
-    return 0 < len(text) <= 9 and text.isascii() and text.isdigit()

@@ -17,6 +17,7 @@ from core.preprocessing import InvertMode
 from service.deps import require_api_key
 from service.errors import InvalidRequest, brief
 from service.http.bodies import decode_request, inline_or_pooled
+from service.http.validate import digits
 from service.inference.dataplane import DataPlane
 from service.inference.model import Inference, LoadedModel
 from service.protocols.native.schemas import PredictRequest, PredictResponse, error_responses, image_body_doc
@@ -122,13 +123,9 @@ def query_options(request: Request) -> QueryOptions:
     raw_top_k = params.get("top_k")
     top_k = None
     if raw_top_k is not None:
-        # ASCII digits only: "²" and "٣" pass str.isdigit() but not int(); over 6 digits is never useful.
-        if (
-            not (0 < len(raw_top_k) <= 6 and raw_top_k.isascii() and raw_top_k.isdigit())
-            or int(raw_top_k) < 1
-        ):
+        top_k = digits(raw_top_k, 6)  # over 6 digits is never useful
+        if not top_k:
             raise InvalidRequest(f"top_k must be a positive integer, received {brief(raw_top_k)}")
-        top_k = int(raw_top_k)
     return QueryOptions(cast(InvertMode, invert), top_k, "input" in include)
 
 
@@ -160,7 +157,7 @@ def prediction_body(model: LoadedModel, inference: Inference, top_k: int | None)
         for c, p, row, o, s in zip(class_ids, confidences, rows, flags, scores, strict=True)
     ]
     if top_k:
-        ranked = np.argsort(-probabilities, axis=1, kind="stable")[:, :top_k].tolist()
+        ranked = inference.rank(top_k).tolist()
         for prediction, ids, row in zip(predictions, ranked, rows, strict=True):
             prediction["top_k"] = [
                 {"class_id": i, "class_name": names[i], "probability": row[i]} for i in ids

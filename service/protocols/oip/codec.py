@@ -21,6 +21,7 @@ import orjson
 from core.preprocessing import INPUT_SHAPE, PIXELS_PER_IMAGE, as_batch
 from service.errors import BadRequest, InvalidRequest, PayloadTooLarge, brief
 from service.http.bodies import has_boolean, may_hold_boolean, parse_json
+from service.http.validate import digits, is_int, is_positive_int
 from service.inference.model import Inference, LoadedModel
 
 HEADER_LENGTH = "inference-header-content-length"
@@ -131,13 +132,10 @@ def parse_infer(
 
 def _header_length(value: str, body_length: int) -> int:
     """Inference-Header-Content-Length: ASCII digits, no more than the body holds."""
-    if (
-        not (value.isascii() and value.isdigit())
-        or len(value) > len(str(body_length))
-        or int(value) > body_length
-    ):
+    length = digits(value, len(str(body_length)))
+    if length is None or length > body_length:
         raise BadRequest(f"Inference-Header-Content-Length {brief(value)} does not fit the body")
-    return int(value)
+    return length
 
 
 def _parameters(holder: dict[str, Any], where: str) -> dict[str, Any]:
@@ -155,12 +153,12 @@ def _input_images(
 ) -> np.ndarray:
     """The input's images, from binary data or JSON numbers; max_images is (JSON, binary)."""
     datatype, shape = tensor.get("datatype"), tensor.get("shape")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
+    if not isinstance(shape, list) or not all(is_int(d) for d in shape):
         raise InvalidRequest(f"input shape must be a list of integers, received {brief(shape)}")
     size = _parameters(tensor, "the input").get("binary_data_size")
     max_json_images, max_binary_images = max_images
     if size is not None:
-        if not isinstance(size, int) or isinstance(size, bool) or size != len(binary):
+        if not is_int(size) or size != len(binary):
             raise InvalidRequest(
                 f"binary_data_size {brief(size)} does not match the {len(binary)} bytes after the JSON header"
             )
@@ -229,7 +227,7 @@ def _output_specs(raw: Any, model: LoadedModel, binary_default: bool) -> list[Ou
 
 def _check_classification(value: Any) -> None:
     """The classification extension's k, on the request or on an output: a positive integer."""
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+    if not is_positive_int(value):
         raise InvalidRequest(f"classification must be a positive integer, received {brief(value)}")
 
 
@@ -237,7 +235,7 @@ def encode_infer(model: LoadedModel, request: InferRequest, inference: Inference
     """The response body and, when it carries binary outputs, the length of its JSON header."""
     specs = request.outputs or [OutputSpec(name, request.binary_output) for name in output_names(model)]
     classification = request.parameters.get("classification")
-    if request.outputs is None and isinstance(classification, int) and not isinstance(classification, bool):
+    if request.outputs is None and is_int(classification):
         specs = [OutputSpec("probabilities", request.binary_output, classification)]
     outputs, chunks = [], []
     for spec in specs:
@@ -266,7 +264,7 @@ def _output_tensor(model: LoadedModel, spec: OutputSpec, inference: Inference) -
     probabilities = inference.probabilities.astype(np.float32, copy=False)
     if spec.classification is not None:
         k = min(spec.classification, probabilities.shape[1])
-        order = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
+        order = inference.rank(k)
         labels = [
             [f"{probabilities[row, i]:.6f}:{i}:{model.class_names[i]}" for i in ids]
             for row, ids in enumerate(order.tolist())

@@ -94,7 +94,7 @@ def _columns(model: LoadedModel, inference: Inference) -> dict[str, list[Any]]:
 
 
 def classification(model: LoadedModel, inference: Inference) -> dict[str, Any]:
-    order = np.argsort(-inference.probabilities, axis=1, kind="stable")
+    order = inference.rank()
     rows = inference.probabilities.tolist()
     return {
         "results": [[[model.class_names[i], rows[n][i]] for i in ids] for n, ids in enumerate(order.tolist())]
