@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 
+from service import __version__
 from service.errors import install_error_handlers
 from service.http.bodies import DecodePool, Limits
 from service.http.middleware import BodyGuardMiddleware, ObservabilityMiddleware
@@ -22,7 +23,7 @@ from service.workers import WorkerGroup
 
 
 def create_app(settings: Settings) -> FastAPI:
-    workers = WorkerGroup.from_environment()  # None unless this is one of WORKERS > 1
+    workers = WorkerGroup.from_environment(settings.worker_count)  # None unless this is one of WORKERS > 1
     metrics = Metrics(workers.folder if workers else None)
 
     @contextlib.asynccontextmanager
@@ -52,7 +53,7 @@ def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(
         title="Fashion-MNIST classifier",
         summary="Class probabilities for 28x28 grayscale images, served from a versioned model store.",
-        version="0.1.0",
+        version=__version__,
         lifespan=lifespan,
         # /docs is service/ops/docs.py's, from a package (FastAPI's loads Swagger UI from a CDN);
         # one documentation page is enough, so ReDoc is not offered.

@@ -37,7 +37,7 @@ logger = logging.getLogger("service.workers")
 
 SOCKET_FD_VAR = "SERVICE_WORKER_FD"  # set for workers: the inherited listening socket
 SHARED_DIR_VAR = "PROMETHEUS_MULTIPROC_DIR"  # prometheus-client's own variable, read when it is imported
-WORKERS_VAR = "WORKERS"
+WORKERS_VAR = "WORKERS"  # the setting; the supervisor gives its workers the count `auto` resolved to
 RESTART_BACKOFF_S = (0.1, 1.0, 2.0, 5.0)  # a worker that keeps dying is restarted ever more slowly
 STEADY_AFTER_S = 30.0  # a worker that lived this long died once, not again and again
 EXIT_GRACE_S = 5.0  # beyond GRACEFUL_TIMEOUT_S, before a worker that has not exited is killed
@@ -69,11 +69,13 @@ class WorkerGroup:
     size: int
 
     @classmethod
-    def from_environment(cls) -> WorkerGroup | None:
+    def from_environment(cls, size: int) -> WorkerGroup | None:
+        """This worker's group (of `size`: the WORKERS setting, which the supervisor resolved for its
+        workers), or None in a process that is no worker."""
         folder = os.environ.get(SHARED_DIR_VAR)
         if not folder or SOCKET_FD_VAR not in os.environ:
             return None
-        return cls(Path(folder), int(os.environ[WORKERS_VAR]))
+        return cls(Path(folder), size)
 
     def ready_count(self) -> int:
         """Markers of live workers; a file of any other name in the folder is not one."""

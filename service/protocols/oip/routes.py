@@ -12,6 +12,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 
+from service import __version__
 from service.deps import DataPlaneDep, admit, require_admin, require_api_key, require_ready, version_number
 from service.errors import Conflict, InvalidRequest, NotReady
 from service.http.bodies import INLINE_BODY_BYTES, inline_or_pooled
@@ -25,7 +26,7 @@ repository = APIRouter(
 )
 SERVER = {
     "name": "fashion-serving",
-    "version": "0.1.0",
+    "version": __version__,
     "extensions": ["binary_tensor_data", "classification", "model_repository"],
 }
 
