@@ -131,9 +131,17 @@ def response_for(
 ) -> Response:
     if path.startswith(STANDARD_PROTOCOL_PREFIXES):
         status = 400 if status == 422 else status
-        body = orjson.dumps({"error": message})
-        return Response(body, status_code=status, headers=headers, media_type="application/json")
-    return error_response(status, code, message, headers)
+    return Response(
+        error_body(path, code, message), status_code=status, headers=headers, media_type="application/json"
+    )
+
+
+def error_body(path: str, code: str, message: str) -> bytes:
+    """The error in the shape of the protocol the path belongs to (the connection layer writes its
+    refusals with it too, so a Triton client gets its own shape from every layer)."""
+    if path.startswith(STANDARD_PROTOCOL_PREFIXES):
+        return orjson.dumps({"error": message})
+    return orjson.dumps({"error": {"code": code, "message": message}})
 
 
 def install_error_handlers(app: FastAPI) -> None:

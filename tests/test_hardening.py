@@ -378,6 +378,23 @@ def test_a_request_asking_to_upgrade_is_served_as_plain_http_with_its_body(
     assert b'"predictions"' in answer and b"connection: close" in answer
 
 
+def test_refusals_of_the_connection_layer_have_the_protocols_own_shape(server: Server) -> None:
+    # A Triton or TF Serving client reads {"error": "..."}, whichever layer refused its request.
+    heads = {
+        "pipelined": b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n" * 10,
+        "too-many-headers": b"GET /v2/health/live HTTP/1.1\r\n"
+        + b"".join(b"X-%d: 1\r\n" % i for i in range(150)),
+        "transfer-coding": b"POST /v1/models/fashion-mnist:predict HTTP/1.1\r\nTransfer-Encoding: gzip\r\n",
+    }
+    for name, head in heads.items():
+        with connect(server.port) as sock:
+            send_quietly(sock, head + b"\r\n")
+            answer = read_until_closed(sock)
+        body = answer[answer.rindex(b"\r\n\r\n") + 4 :]
+        error = json.loads(body)["error"]
+        assert isinstance(error, str) and error, (name, body)
+
+
 # ---- 7. a client that leaves mid-upload is a 499, logged once, without a traceback ----
 
 

@@ -38,11 +38,10 @@ from http import HTTPStatus
 from typing import ClassVar
 
 import httptools
-import orjson
 from uvicorn._types import ASGI3Application, ASGIReceiveCallable, ASGISendCallable, Scope
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from service.errors import brief
+from service.errors import brief, error_body
 from service.http.validate import digits
 
 access_log = logging.getLogger("service.access")
@@ -254,7 +253,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         cycle, _ = self.pipeline[0]
         cycle.keep_alive = False
         message = f"more than {self.limits.max_pipelined} requests sent ahead of their answers; read them"
-        self.pipeline[0] = (cycle, _answer(503, "overloaded", message, retry_after=True))
+        refusal = _answer(cycle.scope["path"], 503, "overloaded", message, retry_after=True)
+        self.pipeline[0] = (cycle, refusal)
 
     # ---- write state ----
 
@@ -318,25 +318,29 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._head_deadline = None
         self.limits.on_refused(reason)
         access_log.info("refused", extra={"status": status, "reason": reason, "client": self._client_host})
-        body, headers = _error(code, message, retry_after=retry_after)
+        path = getattr(self, "url", b"").partition(b"?")[0].decode("latin-1")  # as much as has arrived
+        body, headers = _error(path, code, message, retry_after=retry_after)
         head = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}", "connection: close"]
         head += [f"{name.decode()}: {value.decode()}" for name, value in headers]
         self.transport.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)
         self.transport.close()
 
 
-def _error(code: str, message: str, *, retry_after: bool) -> tuple[bytes, list[tuple[bytes, bytes]]]:
-    """The API's JSON error: its body and headers (a refusal is written before any app runs)."""
-    body = orjson.dumps({"error": {"code": code, "message": message}})
+def _error(
+    path: str, code: str, message: str, *, retry_after: bool
+) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+    """The error's body, in the shape of the path's protocol, and headers (a refusal is written before
+    any app runs)."""
+    body = error_body(path, code, message)
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     if retry_after:
         headers.append((b"retry-after", b"1"))
     return body, headers
 
 
-def _answer(status: int, code: str, message: str, *, retry_after: bool) -> ASGI3Application:
+def _answer(path: str, status: int, code: str, message: str, *, retry_after: bool) -> ASGI3Application:
     """An ASGI app that answers every request with this error (a queued request refused in its turn)."""
-    body, headers = _error(code, message, retry_after=retry_after)
+    body, headers = _error(path, code, message, retry_after=retry_after)
 
     async def app(scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
         await send({"type": "http.response.start", "status": status, "headers": headers})

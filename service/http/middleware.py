@@ -16,7 +16,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import BodyTimeout, Overloaded, error_response
+from service.errors import BodyTimeout, Overloaded, response_for
 from service.http.validate import digits
 from service.metrics import Metrics
 
@@ -55,9 +55,8 @@ class ObservabilityMiddleware:
             # Answer in JSON rather than uvicorn's plain-text 500, then let the task end quietly.
             if status_sent:
                 raise
-            await error_response(503, "shutting_down", "the service stopped before this request finished")(
-                scope, receive, send_with_id
-            )
+            message = "the service stopped before this request finished"
+            await response_for(scope["path"], 503, "shutting_down", message)(scope, receive, send_with_id)
         finally:
             self.metrics.in_flight.dec()
             elapsed = time.perf_counter() - started
