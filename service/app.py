@@ -10,7 +10,7 @@ from fastapi import FastAPI
 
 from service import __version__
 from service.errors import install_error_handlers
-from service.http.bodies import DecodePool, Limits
+from service.http.bodies import DecodePool
 from service.http.middleware import BodyGuardMiddleware, ObservabilityMiddleware
 from service.inference.dataplane import DataPlane
 from service.metrics import Metrics
@@ -67,13 +67,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.workers = workers
-    app.state.limits = Limits(
-        max_body_bytes=settings.max_body_bytes,
-        max_instances=settings.max_instances,
-        max_bulk_instances=settings.max_bulk_instances,
-        max_image_pixels=settings.max_image_pixels,
-        max_request_pixels=settings.max_request_pixels,
-    )
+    app.state.limits = settings  # the decoding bounds are settings fields (http.bodies.Limits)
     install_error_handlers(app)
     # The inference routes first: routes are matched in order, and these are the hot paths.
     routers = (predict, oip, tfserving, evaluate, health, models, admin, ui, docs)

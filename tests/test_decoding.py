@@ -11,17 +11,12 @@ import numpy as np
 import pytest
 
 from bench.attacks import multipart
-from service.http.bodies import INLINE_UPLOADS, DecodePool, Limits, decode_uploads
+from service.http.bodies import INLINE_UPLOADS, DecodePool, decode_uploads
+from service.settings import Settings
 from tests.helpers import image_bytes
 
 T = TypeVar("T")
-LIMITS = Limits(
-    max_body_bytes=16 * 1024 * 1024,
-    max_instances=1024,
-    max_bulk_instances=16384,
-    max_image_pixels=25_000_000,
-    max_request_pixels=50_000_000,
-)
+LIMITS = Settings()  # the decoding bounds are the settings' own fields, defaults here
 
 
 class CountingPool(DecodePool):

@@ -23,7 +23,7 @@ import tokenize
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import orjson
@@ -79,13 +79,19 @@ DECODE_TIMEOUT = "decoding the request took longer than the request timeout"
 T = TypeVar("T")
 
 
-@dataclass(frozen=True)
-class Limits:
-    max_body_bytes: int
-    max_instances: int
-    max_bulk_instances: int
-    max_image_pixels: int
-    max_request_pixels: int
+class Limits(Protocol):
+    """The bounds a body is decoded under: a view of the settings (Settings is one), not a copy."""
+
+    @property
+    def max_body_bytes(self) -> int: ...
+    @property
+    def max_instances(self) -> int: ...
+    @property
+    def max_bulk_instances(self) -> int: ...
+    @property
+    def max_image_pixels(self) -> int: ...
+    @property
+    def max_request_pixels(self) -> int: ...
 
 
 @dataclass(frozen=True)
