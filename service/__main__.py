@@ -43,13 +43,14 @@ def serve(settings: Settings, listener: socket.socket | None) -> int:
 
     from service.app import create_app
     from service.http.connection import guarded_protocol
+    from service.services import services_of
 
     app = create_app(settings)
     config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
-        http=guarded_protocol(connection_limits(settings, app.state.metrics)),
+        http=guarded_protocol(connection_limits(settings, services_of(app).metrics)),
         ws="none",
         log_config=None,  # keep the JSON logging configured above
         access_log=False,  # the observability middleware writes the access log

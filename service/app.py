@@ -10,14 +10,13 @@ from fastapi import FastAPI
 
 from service import __version__
 from service.errors import install_error_handlers
-from service.http.bodies import DecodePool
 from service.http.middleware import BodyGuardMiddleware, ObservabilityMiddleware
-from service.inference.dataplane import DataPlane
 from service.metrics import Metrics
 from service.ops import admin, docs, health, models, ui
 from service.protocols.native import evaluate, predict
 from service.protocols.oip import routes as oip
 from service.protocols.tfserving import routes as tfserving
+from service.services import Services
 from service.settings import Settings
 from service.workers import WorkerGroup
 
@@ -26,19 +25,16 @@ def create_app(settings: Settings) -> FastAPI:
     workers = WorkerGroup.from_environment(settings.worker_count)  # None unless this is one of WORKERS > 1
     metrics = Metrics(workers.folder if workers else None)
 
+    services = Services(settings, metrics, workers)
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        dataplane = DataPlane(settings, metrics)
-        decode_pool = DecodePool(settings.decode_threads)
-        app.state.dataplane, app.state.decode_pool = dataplane, decode_pool
-        app.state.evaluations = asyncio.Semaphore(settings.max_evaluations)
-        app.state.test_set = evaluate.TestSet(settings.fashion_mnist_dir)
-        dataplane.start()
+        services.start()
         tasks = (
             []
             if workers is None
             else [
-                asyncio.create_task(workers.announce_ready(dataplane.waiting)),
+                asyncio.create_task(workers.announce_ready(services.dataplane.waiting)),
                 asyncio.create_task(workers.follow_supervisor()),
             ]
         )
@@ -47,8 +43,7 @@ def create_app(settings: Settings) -> FastAPI:
         finally:
             for task in tasks:
                 task.cancel()
-            await dataplane.stop()
-            decode_pool.shutdown()
+            await services.stop()
 
     app = FastAPI(
         title="Fashion-MNIST classifier",
@@ -64,10 +59,7 @@ def create_app(settings: Settings) -> FastAPI:
         # not: about 6 % of a one-image request.
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
-    app.state.settings = settings
-    app.state.metrics = metrics
-    app.state.workers = workers
-    app.state.limits = settings  # the decoding bounds are settings fields (http.bodies.Limits)
+    app.state.services = services  # the one attribute: routes reach it through services(request)
     install_error_handlers(app)
     # The inference routes first: routes are matched in order, and these are the hot paths.
     routers = (predict, oip, tfserving, evaluate, health, models, admin, ui, docs)

@@ -1,4 +1,4 @@
-"""The dependencies routes share, as named aliases; what they return lives on app.state (create_app).
+"""The dependencies routes share, as named aliases; what they return is the app's Services.
 
 They are all `async def`: FastAPI runs a plain `def` dependency in a worker thread, a hop that costs
 more than the whole inference of a one-image request.
@@ -18,44 +18,41 @@ from service.http.bodies import Limits, read_body
 from service.http.validate import digits
 from service.inference.dataplane import DataPlane
 from service.inference.model import LoadedModel
+from service.services import services
 from service.settings import Settings
-from service.workers import WorkerGroup
 
 
 async def get_settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
+    return services(request).settings
 
 
 async def get_dataplane(request: Request) -> DataPlane:
-    dataplane: DataPlane = request.app.state.dataplane
-    return dataplane
+    return services(request).dataplane
 
 
 async def require_ready(request: Request) -> None:
     """NotReady while a served model has no version, or (WORKERS > 1) a worker has not loaded its own."""
-    waiting = request.app.state.dataplane.waiting()
+    found = services(request)
+    waiting = found.dataplane.waiting()
     if waiting:
         raise NotReady(f"no version loaded yet, or its store watcher restarting, for {', '.join(waiting)}")
-    group: WorkerGroup | None = request.app.state.workers
+    group = found.workers
     if group is not None and (ready := group.ready_count()) < group.size:
         raise NotReady(f"{ready} of {group.size} workers have loaded their models")
 
 
 async def get_model(request: Request) -> LoadedModel:
     """The default model's version serving this request, fixed when it starts (a swap never changes it)."""
-    dataplane: DataPlane = request.app.state.dataplane
-    return dataplane.served()
+    return services(request).dataplane.served()
 
 
 async def get_limits(request: Request) -> Limits:
-    limits: Limits = request.app.state.limits
-    return limits
+    return services(request).limits
 
 
 async def require_api_key(request: Request) -> None:
     """With API_KEY set: `Authorization: Bearer KEY` or `X-API-Key: KEY`, compared in constant time."""
-    expected = request.app.state.settings.api_key
+    expected = services(request).settings.api_key
     if expected is None:
         return
     supplied = request.headers.get("x-api-key")
@@ -68,7 +65,7 @@ async def require_api_key(request: Request) -> None:
 
 async def require_admin(request: Request) -> None:
     """Admin endpoints exist only when an API key is configured, and need it."""
-    if request.app.state.settings.api_key is None:
+    if services(request).settings.api_key is None:
         raise NotFound("admin endpoints are disabled: set API_KEY to enable them", code="admin_disabled")
     await require_api_key(request)
 
@@ -91,12 +88,11 @@ class Admitted:
 async def admit(request: Request, name: str, version: int | None) -> Admitted:
     """An inference request's start in the standard protocols: room in the model's queue (503 before
     the body is read), the model and version (404), the body within MAX_BODY_BYTES, the deadline."""
-    state = request.app.state
-    dataplane: DataPlane = state.dataplane
-    dataplane.check_capacity(name)
-    model = await dataplane.model(name, version)
-    body = await read_body(request, state.limits.max_body_bytes)
-    return Admitted(model, body, asyncio.get_running_loop().time() + state.settings.request_timeout_s)
+    found = services(request)
+    found.dataplane.check_capacity(name)
+    model = await found.dataplane.model(name, version)
+    body = await read_body(request, found.settings.max_body_bytes)
+    return Admitted(model, body, asyncio.get_running_loop().time() + found.settings.request_timeout_s)
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]

@@ -19,6 +19,7 @@ from core.store import ModelStore
 from service.inference.batching import MicroBatcher
 from service.inference.model import Inference, LoadedModel, load_version
 from service.metrics import Metrics
+from service.services import services_of
 from tests.helpers import make_client, synthetic_images, wait_until
 
 
@@ -117,7 +118,7 @@ def test_different_versions_never_share_a_batch(model: LoadedModel) -> None:
 def gated(store: Path, **overrides: object) -> Iterator[tuple[TestClient, GatedEngine]]:
     """A client whose engine runs in a thread and waits at a gate the test opens."""
     for client in make_client(store, inline_max_images=0, **overrides):
-        manager = client.app.state.dataplane.managers["fashion-mnist"]  # type: ignore[attr-defined]
+        manager = services_of(client.app).dataplane.managers["fashion-mnist"]
         engine = GatedEngine(manager.served.engine)
         manager.served = dataclasses.replace(manager.served, engine=engine)
         yield client, engine

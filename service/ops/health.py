@@ -12,6 +12,7 @@ from starlette.responses import Response
 
 from service.deps import DataPlaneDep, require_ready
 from service.protocols.native.schemas import Ready, error_responses
+from service.services import services
 
 router = APIRouter(tags=["operations"])
 
@@ -42,9 +43,9 @@ async def ready(request: Request, dataplane: DataPlaneDep) -> dict[str, object]:
 @router.head("/metrics", include_in_schema=False)
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
 async def metrics(request: Request) -> Response:
-    return Response(generate_latest(request.app.state.metrics.exposition()), media_type=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(services(request).metrics.exposition()), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/stats", summary="Totals for the page's live charts: inference requests, latency, predictions")
 async def stats(request: Request) -> dict[str, Any]:
-    return {"time": time.time(), **request.app.state.metrics.summary()}
+    return {"time": time.time(), **services(request).metrics.summary()}

@@ -9,8 +9,6 @@ shared by every evaluation.
 
 from __future__ import annotations
 
-import asyncio
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,7 +16,7 @@ import orjson
 from fastapi import APIRouter, Depends, Query, Request
 from starlette.responses import Response
 
-from core.datasets import FASHION_MNIST_CLASSES, Split, load_fashion_mnist_test
+from core.datasets import FASHION_MNIST_CLASSES, Split
 from core.evaluation import evaluate_probabilities, reliability_bins
 from core.preprocessing import InvertMode
 from service.deps import DataPlaneDep, LimitsDep, ModelDep, SettingsDep, require_api_key
@@ -32,24 +30,11 @@ from service.protocols.native.schemas import (
     error_responses,
     image_body_doc,
 )
+from service.protocols.native.testset import TestSet
+from service.services import services
 
 router = APIRouter(tags=["inference"], dependencies=[Depends(require_api_key)])
 JSON_FIELDS = frozenset({"labels", "dataset", "limit"})
-
-
-class TestSet:
-    """The Fashion-MNIST test split, read on first use by one request while the others wait for it."""
-
-    def __init__(self, data_dir: Path | None) -> None:
-        self.data_dir = data_dir
-        self._split: Split | None = None
-        self._lock = asyncio.Lock()
-
-    async def get(self) -> Split:
-        async with self._lock:
-            if self._split is None:
-                self._split = await asyncio.to_thread(load_fashion_mnist_test, self.data_dir)
-            return self._split
 
 
 @router.post(
@@ -72,10 +57,10 @@ async def evaluate(
     settings: SettingsDep,
     invert: InvertMode = Query("auto"),
 ) -> Response:
-    state = request.app.state
-    admission: asyncio.Semaphore = state.evaluations
+    shared = services(request)
+    admission = shared.evaluations
     if admission.locked():  # refused before the body is read
-        state.metrics.rejected.labels("evaluations_busy").inc()
+        shared.metrics.rejected.labels("evaluations_busy").inc()
         raise Overloaded(
             f"{settings.max_evaluations} evaluations are running; retry shortly", headers={"Retry-After": "2"}
         )
@@ -84,11 +69,11 @@ async def evaluate(
             request,
             limits,
             invert,
-            state.decode_pool,
+            shared.decode_pool,
             timeout_s=settings.request_timeout_s,
             json_fields=JSON_FIELDS,
         )
-        split = await _labelled_split(state.test_set, model, decoded.images, decoded.fields)
+        split = await _labelled_split(shared.test_set, model, decoded.images, decoded.fields)
         inference = await dataplane.infer_chunked(model, split.images, decoded.deadline)
     metrics, matrix = evaluate_probabilities(inference.probabilities, split.labels, model.class_names)
     flags = inference.ood_flags

@@ -18,9 +18,9 @@ from service.deps import require_api_key
 from service.errors import InvalidRequest, brief
 from service.http.bodies import decode_request, inline_or_pooled
 from service.http.validate import digits
-from service.inference.dataplane import DataPlane
 from service.inference.model import Inference, LoadedModel
 from service.protocols.native.schemas import PredictRequest, PredictResponse, error_responses, image_body_doc
+from service.services import services
 
 router = APIRouter(tags=["inference"])
 INVERT_MODES = get_args(InvertMode)
@@ -72,13 +72,17 @@ async def predict(request: Request) -> Response:
     # The hot path: no dependency injection or parameter models, which cost more per request than a
     # one-image inference. The same dependency functions are called directly instead.
     await require_api_key(request)
-    state = request.app.state
-    dataplane: DataPlane = state.dataplane
+    shared = services(request)
+    dataplane = shared.dataplane
     model = dataplane.served()
     dataplane.check_capacity(model.name)
     options = query_options(request)
     decoded = await decode_request(
-        request, state.limits, options.invert, state.decode_pool, timeout_s=state.settings.request_timeout_s
+        request,
+        shared.limits,
+        options.invert,
+        shared.decode_pool,
+        timeout_s=shared.settings.request_timeout_s,
     )
     if not len(decoded.images):
         raise InvalidRequest("instances is required", code="missing_instances")
@@ -89,7 +93,7 @@ async def predict(request: Request) -> Response:
         urls = await inline_or_pooled(
             lambda _: [png_data_url(image) for image in images],
             len(images) <= INLINE_PNGS,
-            state.decode_pool,
+            shared.decode_pool,
             decoded.deadline,
         )
         for prediction, url in zip(body["predictions"], urls, strict=True):

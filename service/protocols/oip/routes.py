@@ -16,9 +16,9 @@ from service import __version__
 from service.deps import DataPlaneDep, admit, require_admin, require_api_key, require_ready, version_number
 from service.errors import Conflict, InvalidRequest, NotReady
 from service.http.bodies import INLINE_BODY_BYTES, inline_or_pooled
-from service.inference.dataplane import DataPlane
 from service.protocols.native.schemas import path_parameters
 from service.protocols.oip import codec
+from service.services import services
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol v2"])
 repository = APIRouter(
@@ -47,17 +47,17 @@ async def infer(request: Request) -> Response:
     await require_api_key(request)
     name, raw_version = request.path_params["name"], request.path_params.get("version")
     version = None if raw_version is None else version_number(raw_version)
-    state = request.app.state
-    dataplane: DataPlane = state.dataplane
+    shared = services(request)
+    dataplane = shared.dataplane
     admitted = await admit(request, name, version)
-    model, body, deadline, limits = admitted.model, admitted.body, admitted.deadline, state.limits
+    model, body, deadline, limits = admitted.model, admitted.body, admitted.deadline, shared.limits
     header_length = request.headers.get(codec.HEADER_LENGTH)
     parsed = await inline_or_pooled(
         lambda _: codec.parse_infer(
             body, header_length, model, limits.max_instances, limits.max_bulk_instances
         ),
         len(body) <= INLINE_BODY_BYTES,
-        state.decode_pool,
+        shared.decode_pool,
         deadline,
     )
     inference = await dataplane.infer(model, parsed.images, deadline)
@@ -117,7 +117,7 @@ async def index(dataplane: DataPlaneDep) -> list[dict[str, Any]]:
 
 async def one_process(request: Request) -> None:
     """Loading and unloading change what one process serves: with WORKERS > 1 the others would differ."""
-    if request.app.state.workers is not None:
+    if services(request).workers is not None:
         raise Conflict(
             "with WORKERS > 1 models cannot be loaded or unloaded at run time; list them in MODELS"
         )

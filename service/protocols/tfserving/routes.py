@@ -22,9 +22,9 @@ from service.http.bodies import (
     open_images,
     parse_json,
 )
-from service.inference.dataplane import DataPlane
 from service.protocols.native.schemas import path_parameters
 from service.protocols.tfserving import codec
+from service.services import services
 
 router = APIRouter(prefix="/v1/models", tags=["TF Serving REST (KServe V1)"])
 VERBS = {"predict": "instances", "classify": "examples"}
@@ -71,21 +71,21 @@ def _split(target: str) -> tuple[str, str]:
 
 
 async def _run(request: Request, name: str, version: int | None, verb: str) -> Response:
-    state = request.app.state
-    dataplane: DataPlane = state.dataplane
+    shared = services(request)
+    dataplane = shared.dataplane
     admitted = await admit(request, name, version)
-    model, body, deadline, limits = admitted.model, admitted.body, admitted.deadline, state.limits
+    model, body, deadline, limits = admitted.model, admitted.body, admitted.deadline, shared.limits
 
     def parse(_: object) -> codec.V1Request:
         document = parse_json(body, limits.max_instances)
         return codec.parse_request(document, VERBS[verb], limits.max_instances, body)
 
-    parsed = await inline_or_pooled(parse, len(body) <= INLINE_BODY_BYTES, state.decode_pool, deadline)
+    parsed = await inline_or_pooled(parse, len(body) <= INLINE_BODY_BYTES, shared.decode_pool, deadline)
     if parsed.pixels is not None:
         images = parsed.pixels
     else:  # image files: converted as uploads are
         files = [(f"instance {i}", data, None) for i, data in enumerate(parsed.images or [])]
-        images = await state.decode_pool.run(
+        images = await shared.decode_pool.run(
             lambda cancelled: convert_uploads(open_images(files, limits), "auto", cancelled), deadline
         )
     inference = await dataplane.infer(model, images, deadline)
