@@ -14,16 +14,11 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from service.errors import NotFound, NotReady, Unauthorized, brief
-from service.http.bodies import Limits, read_body
+from service.http.bodies import read_body
 from service.http.validate import digits
 from service.inference.dataplane import DataPlane
 from service.inference.model import LoadedModel
 from service.services import services
-from service.settings import Settings
-
-
-async def get_settings(request: Request) -> Settings:
-    return services(request).settings
 
 
 async def get_dataplane(request: Request) -> DataPlane:
@@ -44,10 +39,6 @@ async def require_ready(request: Request) -> None:
 async def get_model(request: Request) -> LoadedModel:
     """The default model's version serving this request, fixed when it starts (a swap never changes it)."""
     return services(request).dataplane.served()
-
-
-async def get_limits(request: Request) -> Limits:
-    return services(request).limits
 
 
 async def require_api_key(request: Request) -> None:
@@ -85,9 +76,11 @@ class Admitted:
     deadline: float  # event-loop time: REQUEST_TIMEOUT_S after the whole body arrived, as for /predict
 
 
-async def admit(request: Request, name: str, version: int | None) -> Admitted:
-    """An inference request's start in the standard protocols: room in the model's queue (503 before
-    the body is read), the model and version (404), the body within MAX_BODY_BYTES, the deadline."""
+async def admit(request: Request, name: str | None = None, version: int | None = None) -> Admitted:
+    """An inference request's start, in every protocol: room in the model's queue (503 before the body
+    is read), the model and version (404; the default model's served one when not named), the body
+    within MAX_BODY_BYTES, and the deadline, REQUEST_TIMEOUT_S from the body's arrival (computed here
+    only)."""
     found = services(request)
     found.dataplane.check_capacity(name)
     model = await found.dataplane.model(name, version)
@@ -95,7 +88,5 @@ async def admit(request: Request, name: str, version: int | None) -> Admitted:
     return Admitted(model, body, asyncio.get_running_loop().time() + found.settings.request_timeout_s)
 
 
-SettingsDep = Annotated[Settings, Depends(get_settings)]
 DataPlaneDep = Annotated[DataPlane, Depends(get_dataplane)]
 ModelDep = Annotated[LoadedModel, Depends(get_model)]
-LimitsDep = Annotated[Limits, Depends(get_limits)]

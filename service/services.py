@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from starlette.requests import Request
 from starlette.types import ASGIApp
 
-from service.http.bodies import DecodePool, Limits
+from service.http.bodies import Limits
+from service.http.offload import DecodePool
 from service.inference.dataplane import DataPlane
 from service.metrics import Metrics
 from service.protocols.native.testset import TestSet

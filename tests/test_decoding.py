@@ -1,4 +1,4 @@
-"""The request decoder as plain functions: what it decodes in place and what it sends to the pool."""
+"""The request decoder and the decode pool as plain functions: what is decoded in place, what in the pool."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from bench.attacks import multipart
-from service.http.bodies import INLINE_UPLOADS, DecodePool, decode_uploads
+from service.http.bodies import decode_uploads
+from service.http.offload import INLINE_ITEMS, DecodePool
 from service.settings import Settings
 from tests.helpers import image_bytes
 
@@ -53,11 +54,11 @@ def tiny_gif() -> bytes:
 
 
 def test_a_few_small_images_are_decoded_in_place() -> None:
-    images, pooled = decode_form([tiny_gif()] * INLINE_UPLOADS)
-    assert images.shape == (INLINE_UPLOADS, 28, 28) and pooled == 0
+    images, pooled = decode_form([tiny_gif()] * INLINE_ITEMS)
+    assert images.shape == (INLINE_ITEMS, 28, 28) and pooled == 0
 
 
-@pytest.mark.parametrize("count", [INLINE_UPLOADS + 1, 585])
+@pytest.mark.parametrize("count", [INLINE_ITEMS + 1, 585])
 def test_many_tiny_images_go_to_the_decode_pool_however_small(count: int) -> None:
     # 585 GIFs of one pixel fit in 64 KiB and cost the event loop 0.15 s when decoded in place.
     images, pooled = decode_form([tiny_gif()] * count)

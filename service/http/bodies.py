@@ -3,25 +3,22 @@
 No per-number pydantic validation on this path: orjson parses the body and NumPy checks the
 array as a whole, which is what keeps a one-image JSON request cheap.
 
-Nothing slow runs on the event loop. A small body (at most INLINE_BODY_BYTES, with at most
-INLINE_UPLOADS files and INLINE_IMAGE_PIXELS of images in it) is decoded in place, which costs less
-than a hop to a thread; anything larger goes to the decode pool, a few threads shared by all
-requests. Image sizes are read from their headers first, and a request's images together are held
-to MAX_REQUEST_PIXELS before any pixel is decoded. Decoding counts against the request's deadline
+Nothing slow runs on the event loop: each step says how large it is (bytes, pixels, parts) and the
+decode pool (offload.py) runs it in place when that is cheap, in one of its threads otherwise. Image
+sizes are read from their headers first, and a request's images together are held to
+MAX_REQUEST_PIXELS before any pixel is decoded. Decoding counts against the request's deadline
 (REQUEST_TIMEOUT_S from the moment its body has arrived): past it the client gets 504 and the
 decoding stops at the next image.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import io
 import math
 import threading
 import tokenize
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -51,6 +48,7 @@ from service.errors import (
     brief,
 )
 from service.http.multipart import parse_multipart
+from service.http.offload import DECODE_TIMEOUT, DecodePool, is_cheap
 from service.http.validate import digits
 
 IMAGE_TYPES = {
@@ -67,14 +65,9 @@ FORM_TYPE = "multipart/form-data"
 NPY_TYPE = "application/x-npy"
 OCTET_TYPE = "application/octet-stream"
 MAX_FORM_FIELDS = 100
-# Decoded in place on the event loop when this small: about a millisecond of work at most.
-INLINE_BODY_BYTES = 64 * 1024
-INLINE_IMAGE_PIXELS = 64 * PIXELS_PER_IMAGE
-INLINE_UPLOADS = 16  # files of a form
 # JSON members, objects and strings a request may have beyond what its images and labels need.
 JSON_SLACK = 64
 NPY_MAX_HEADER_BYTES = 10_000
-DECODE_TIMEOUT = "decoding the request took longer than the request timeout"
 
 T = TypeVar("T")
 
@@ -101,28 +94,6 @@ class Decoded:
     deadline: float  # event-loop time by which the answer is due
 
 
-class DecodePool:
-    """A few threads that decode large bodies and images, so the event loop never does."""
-
-    def __init__(self, threads: int) -> None:
-        self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode")
-
-    async def run(self, work: Callable[[threading.Event], T], deadline: float) -> T:
-        """work(cancelled) in a pool thread; 504 at the deadline, and `cancelled` tells work to stop."""
-        cancelled = threading.Event()
-        future = asyncio.get_running_loop().run_in_executor(self._executor, work, cancelled)
-        try:
-            async with asyncio.timeout_at(deadline):
-                return await future
-        except TimeoutError:
-            raise Timeout(DECODE_TIMEOUT) from None
-        finally:
-            cancelled.set()  # a no-op once work has finished; otherwise it stops at the next image
-
-    def shutdown(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
-
-
 async def read_body(request: Request, limit: int) -> bytes:
     """The whole body, refusing more than `limit` bytes whether or not Content-Length is sent."""
     declared = request.headers.get("content-length")
@@ -137,25 +108,29 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-async def decode_request(
-    request: Request,
+def media_type_of(request: Request) -> str:
+    """The request's media type, checked before a byte of the body is read (415 otherwise)."""
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    _check_media_type(media_type)
+    return media_type
+
+
+async def decode_body(
+    body: bytes,
+    content_type: str,
     limits: Limits,
     invert: InvertMode,
     pool: DecodePool,
+    deadline: float,
     *,
-    timeout_s: float,
     json_fields: frozenset[str] = frozenset(),
 ) -> Decoded:
     """Dispatch on Content-Type: JSON instances, multipart image files, one raw image, or raw pixels.
 
     json_fields: the JSON members allowed besides "instances"; any other is refused.
     """
-    content_type = request.headers.get("content-type", "")
     media_type = content_type.split(";")[0].strip().lower()
-    _check_media_type(media_type)  # 415 before a byte of the body is read
-    body = await read_body(request, limits.max_body_bytes)
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
+    _check_media_type(media_type)
     if media_type == FORM_TYPE or media_type.startswith("image/"):
         images, fields = await decode_uploads(body, content_type, media_type, limits, invert, pool, deadline)
         return Decoded(images, fields, deadline)
@@ -165,15 +140,8 @@ async def decode_request(
             return decode_json(body, limits.max_instances, json_fields)
         return decode_binary(body, media_type, limits.max_bulk_instances), {}
 
-    images, fields = await inline_or_pooled(decode, len(body) <= INLINE_BODY_BYTES, pool, deadline)
+    images, fields = await pool.offload(decode, deadline, size_bytes=len(body))
     return Decoded(images, fields, deadline)
-
-
-async def inline_or_pooled(
-    work: Callable[[threading.Event | None], T], cheap: bool, pool: DecodePool, deadline: float
-) -> T:
-    """Cheap work runs in place (a thread hop would cost more); the rest in the decode pool."""
-    return work(None) if cheap else await pool.run(work, deadline)
 
 
 def _check_media_type(media_type: str) -> None:
@@ -192,7 +160,7 @@ def _check_media_type(media_type: str) -> None:
 
 def parse_json(body: bytes, max_instances: int) -> Any:
     """A JSON document, refused before parsing when it holds more than max_instances images need."""
-    if len(body) > INLINE_BODY_BYTES:  # a small body cannot expand to much
+    if not is_cheap(size_bytes=len(body)):  # a small body cannot expand to much
         _check_json_size(body, max_instances)
     try:
         return orjson.loads(body)
@@ -371,18 +339,17 @@ async def decode_uploads(
     # (585 GIFs of 1x1 in 64 KiB took 0.15 s): many parts go to the pool, counted before parsing by a
     # cheap upper bound (each delimiter after the first, the closing one included, starts "\n--").
     parts = body.count(b"\n--") if media_type == FORM_TYPE else 1
-    uploads, fields = await inline_or_pooled(
+    uploads, fields = await pool.offload(
         lambda _: open_uploads(body, content_type, media_type, limits),
-        len(body) <= INLINE_BODY_BYTES and parts <= INLINE_UPLOADS,
-        pool,
         deadline,
+        size_bytes=len(body),
+        items=parts,
     )
-    images = await inline_or_pooled(
+    images = await pool.offload(
         lambda cancelled: convert_uploads(uploads, invert, cancelled),
-        len(uploads) <= INLINE_UPLOADS
-        and sum(pixel_count(upload.image) for upload in uploads) <= INLINE_IMAGE_PIXELS,
-        pool,
         deadline,
+        pixels=sum(pixel_count(upload.image) for upload in uploads),
+        items=len(uploads),
     )
     return images, fields
 

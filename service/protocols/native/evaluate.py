@@ -19,9 +19,9 @@ from starlette.responses import Response
 from core.datasets import FASHION_MNIST_CLASSES, Split
 from core.evaluation import evaluate_probabilities, reliability_bins
 from core.preprocessing import InvertMode
-from service.deps import DataPlaneDep, LimitsDep, ModelDep, SettingsDep, require_api_key
+from service.deps import admit, require_api_key
 from service.errors import InvalidRequest, Overloaded, brief
-from service.http.bodies import decode_request
+from service.http.bodies import decode_body, media_type_of
 from service.http.validate import digits, is_int, is_positive_int
 from service.inference.model import LoadedModel
 from service.protocols.native.schemas import (
@@ -49,32 +49,29 @@ JSON_FIELDS = frozenset({"labels", "dataset", "limit"})
     responses=error_responses(400, 401, 404, 408, 413, 415, 422, 503, 504),
     openapi_extra=image_body_doc(EvaluateRequest),
 )
-async def evaluate(
-    request: Request,
-    model: ModelDep,
-    dataplane: DataPlaneDep,
-    limits: LimitsDep,
-    settings: SettingsDep,
-    invert: InvertMode = Query("auto"),
-) -> Response:
+async def evaluate(request: Request, invert: InvertMode = Query("auto")) -> Response:
     shared = services(request)
     admission = shared.evaluations
     if admission.locked():  # refused before the body is read
         shared.metrics.rejected.labels("evaluations_busy").inc()
-        raise Overloaded(
-            f"{settings.max_evaluations} evaluations are running; retry shortly", headers={"Retry-After": "2"}
-        )
+        running = shared.settings.max_evaluations
+        raise Overloaded(f"{running} evaluations are running; retry shortly", headers={"Retry-After": "2"})
     async with admission:
-        decoded = await decode_request(
-            request,
-            limits,
+        content_type = request.headers.get("content-type", "")
+        media_type_of(request)  # 415 before the body is read
+        admitted = await admit(request)
+        model, deadline = admitted.model, admitted.deadline
+        decoded = await decode_body(
+            admitted.body,
+            content_type,
+            shared.limits,
             invert,
             shared.decode_pool,
-            timeout_s=settings.request_timeout_s,
+            deadline,
             json_fields=JSON_FIELDS,
         )
         split = await _labelled_split(shared.test_set, model, decoded.images, decoded.fields)
-        inference = await dataplane.infer_chunked(model, split.images, decoded.deadline)
+        inference = await shared.dataplane.infer_chunked(model, split.images, deadline)
     metrics, matrix = evaluate_probabilities(inference.probabilities, split.labels, model.class_names)
     flags = inference.ood_flags
     body = {

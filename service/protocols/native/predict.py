@@ -14,9 +14,9 @@ from PIL import Image
 from starlette.responses import Response
 
 from core.preprocessing import InvertMode
-from service.deps import require_api_key
+from service.deps import admit, require_api_key
 from service.errors import InvalidRequest, brief
-from service.http.bodies import decode_request, inline_or_pooled
+from service.http.bodies import decode_body, media_type_of
 from service.http.validate import digits
 from service.inference.model import Inference, LoadedModel
 from service.protocols.native.schemas import PredictRequest, PredictResponse, error_responses, image_body_doc
@@ -24,7 +24,6 @@ from service.services import services
 
 router = APIRouter(tags=["inference"])
 INVERT_MODES = get_args(InvertMode)
-INLINE_PNGS = 16  # input images encoded on the event loop (about 30 us each); more go to the decode pool
 
 QUERY_DOC = [
     {
@@ -73,28 +72,22 @@ async def predict(request: Request) -> Response:
     # one-image inference. The same dependency functions are called directly instead.
     await require_api_key(request)
     shared = services(request)
-    dataplane = shared.dataplane
-    model = dataplane.served()
-    dataplane.check_capacity(model.name)
     options = query_options(request)
-    decoded = await decode_request(
-        request,
-        shared.limits,
-        options.invert,
-        shared.decode_pool,
-        timeout_s=shared.settings.request_timeout_s,
+    media_type_of(request)  # 415 before the body is read
+    admitted = await admit(request)
+    model, deadline = admitted.model, admitted.deadline
+    content_type = request.headers.get("content-type", "")
+    decoded = await decode_body(
+        admitted.body, content_type, shared.limits, options.invert, shared.decode_pool, deadline
     )
     if not len(decoded.images):
         raise InvalidRequest("instances is required", code="missing_instances")
-    inference = await dataplane.infer(model, decoded.images, decoded.deadline)
+    inference = await shared.dataplane.infer(model, decoded.images, deadline)
     body = prediction_body(model, inference, options.top_k)
     if options.include_input:
         images = decoded.images
-        urls = await inline_or_pooled(
-            lambda _: [png_data_url(image) for image in images],
-            len(images) <= INLINE_PNGS,
-            shared.decode_pool,
-            decoded.deadline,
+        urls = await shared.decode_pool.offload(
+            lambda _: [png_data_url(image) for image in images], deadline, items=len(images)
         )
         for prediction, url in zip(body["predictions"], urls, strict=True):
             prediction["input"] = url

@@ -15,7 +15,6 @@ from starlette.responses import Response
 from service import __version__
 from service.deps import DataPlaneDep, admit, require_admin, require_api_key, require_ready, version_number
 from service.errors import Conflict, InvalidRequest, NotReady
-from service.http.bodies import INLINE_BODY_BYTES, inline_or_pooled
 from service.protocols.native.schemas import path_parameters
 from service.protocols.oip import codec
 from service.services import services
@@ -52,13 +51,12 @@ async def infer(request: Request) -> Response:
     admitted = await admit(request, name, version)
     model, body, deadline, limits = admitted.model, admitted.body, admitted.deadline, shared.limits
     header_length = request.headers.get(codec.HEADER_LENGTH)
-    parsed = await inline_or_pooled(
+    parsed = await shared.decode_pool.offload(
         lambda _: codec.parse_infer(
             body, header_length, model, limits.max_instances, limits.max_bulk_instances
         ),
-        len(body) <= INLINE_BODY_BYTES,
-        shared.decode_pool,
         deadline,
+        size_bytes=len(body),
     )
     inference = await dataplane.infer(model, parsed.images, deadline)
     content, json_length = codec.encode_infer(model, parsed, inference)

@@ -15,13 +15,7 @@ from starlette.responses import Response
 
 from service.deps import DataPlaneDep, admit, require_api_key, version_number
 from service.errors import NotFound, brief
-from service.http.bodies import (
-    INLINE_BODY_BYTES,
-    convert_uploads,
-    inline_or_pooled,
-    open_images,
-    parse_json,
-)
+from service.http.bodies import convert_uploads, open_images, parse_json
 from service.protocols.native.schemas import path_parameters
 from service.protocols.tfserving import codec
 from service.services import services
@@ -80,7 +74,7 @@ async def _run(request: Request, name: str, version: int | None, verb: str) -> R
         document = parse_json(body, limits.max_instances)
         return codec.parse_request(document, VERBS[verb], limits.max_instances, body)
 
-    parsed = await inline_or_pooled(parse, len(body) <= INLINE_BODY_BYTES, shared.decode_pool, deadline)
+    parsed = await shared.decode_pool.offload(parse, deadline, size_bytes=len(body))
     if parsed.pixels is not None:
         images = parsed.pixels
     else:  # image files: converted as uploads are
