@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from core.preprocessing import INPUT_SHAPE, InvalidInput, InvertMode, decode_image
-from core.store import read_small_file
+from core.safefiles import read_small_file
 
 FASHION_MNIST_CLASSES = [
     "T-shirt/top",

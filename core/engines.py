@@ -19,7 +19,8 @@ from typing import Any, Literal, NamedTuple, Protocol
 
 import numpy as np
 
-from core.store import MODEL_FILE, ONNX_FILE, PROBE_FILE, without_paths
+from core.safefiles import without_paths
+from core.store import MODEL_FILE, ONNX_FILE, PROBE_FILE
 
 PARITY_TOLERANCE = 1e-5
 EngineKind = Literal["auto", "onnx", "keras"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from core.store import ClassMetrics, EvaluationMetrics, ReliabilityBin
+from core.metadata import ClassMetrics, EvaluationMetrics, ReliabilityBin
 
 # Keras clips probabilities to [epsilon, 1 - epsilon] in its cross-entropy; matching it keeps
 # /evaluate's loss equal to model.evaluate's.

@@ -1,4 +1,5 @@
-"""The model store: on-disk layout, metadata schema, atomic publish and the "current" pointer.
+"""The model store: on-disk layout, atomic publish and the "current" pointer. What metadata.json and
+current.json hold is core/metadata.py's; how a file of the store is read safely, core/safefiles.py's.
 
 Layout (one writer per version, readers never block)::
 
@@ -27,18 +28,16 @@ import contextlib
 import errno
 import fcntl
 import os
-import re
 import shutil
-import stat
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import ValidationError
 
-from core.preprocessing import INPUT_SHAPE
+from core.metadata import MAX_VERSION, CurrentPointer, ModelMetadata, VersionSummary
+from core.safefiles import describe, fsync_dir, fsync_file, held, read_small_file
 
 MODEL_FILE = "model.keras"
 ONNX_FILE = "model.onnx"
@@ -53,7 +52,6 @@ LOCK_FILE = ".lock"
 STAGING_PREFIX = ".staging-"
 STAGING_LOCK = ".writer"  # locked by the job writing the staging directory, while it lives
 # Version numbers are folder names of at most 9 digits: they fit every integer type a reader may use.
-MAX_VERSION = 999_999_999
 # Store files are small; a larger one is refused rather than read into memory.
 MAX_POINTER_BYTES = 64 * 1024
 MAX_METADATA_BYTES = 4 * 1024 * 1024
@@ -69,97 +67,6 @@ class StoreError(Exception):
 
 class VersionNotFound(StoreError):
     """The requested version does not exist in the store."""
-
-
-class InputSpec(BaseModel):
-    shape: tuple[int, ...] = INPUT_SHAPE
-    dtype: str = "float32"
-    min_value: float = 0.0
-    max_value: float = 255.0
-
-
-class ClassMetrics(BaseModel):
-    precision: float
-    recall: float
-    f1: float
-    support: int
-
-
-class EvaluationMetrics(BaseModel):
-    count: int
-    loss: float
-    accuracy: float
-    per_class: dict[str, ClassMetrics]
-    ece: float | None = Field(default=None, description="Expected calibration error, 15 equal-width bins.")
-
-
-class ReliabilityBin(BaseModel):
-    lower: float
-    upper: float
-    count: int
-    confidence: float | None = Field(description="Mean confidence of the predictions in the bin.")
-    accuracy: float | None = Field(description="Fraction of them that were right.")
-
-
-class CalibrationMetrics(BaseModel):
-    accuracy: float
-    nll: float
-    ece: float
-
-
-class CalibrationReport(BaseModel):
-    """Temperature scaling, fitted on the validation split and folded into the served model."""
-
-    temperature: float = Field(gt=0)
-    before: dict[str, CalibrationMetrics] = Field(description="Split name -> metrics without it.")
-    after: dict[str, CalibrationMetrics] = Field(description="Split name -> metrics with it.")
-
-
-class OodReport(BaseModel):
-    """The out-of-distribution detector stored in ood.npz."""
-
-    method: str
-    threshold: float
-    flag_quantile: float = Field(description="Fraction of the validation split under the threshold.")
-    flagged: dict[str, float] = Field(description="Split name -> fraction flagged at the threshold.")
-
-
-class ModelMetadata(BaseModel):
-    name: str
-    version: int = Field(
-        default=0, ge=0, le=MAX_VERSION, description="Assigned when the version is published."
-    )
-    created_at: datetime
-    class_names: list[str] = Field(min_length=2)
-    input: InputSpec = InputSpec()
-    training: dict[str, Any] = {}
-    epochs_run: int = 0
-    best_epoch: int = 0
-    training_seconds: float = 0.0
-    validation: EvaluationMetrics | None = None
-    test: EvaluationMetrics | None = None
-    datasets: dict[str, str] = Field(default={}, description="File name -> sha256 of the training data.")
-    framework: dict[str, str] = {}
-    artifacts: list[str] = Field(default=[], description="Serving artifacts in the version directory.")
-    calibration: CalibrationReport | None = None
-    ood: OodReport | None = Field(default=None, description="Absent for versions published without ood.npz.")
-    derived_from: int | None = Field(default=None, description="The version whose weights this one reuses.")
-
-
-class VersionSummary(BaseModel):
-    version: int
-    promoted: bool
-    created_at: datetime | None = None
-    validation_accuracy: float | None = None
-    test_accuracy: float | None = None
-    artifacts: list[str] = []
-    error: str | None = Field(default=None, description="Why the version's metadata cannot be read.")
-
-
-class CurrentPointer(BaseModel):
-    version: int = Field(ge=1, le=MAX_VERSION)
-    promoted_at: datetime
-    reason: str = ""
 
 
 def model_names(root: Path | str) -> list[str]:
@@ -204,7 +111,7 @@ class ModelStore:
             return ModelMetadata.model_validate_json(read_small_file(path, MAX_METADATA_BYTES))
         except (OSError, ValidationError, ValueError) as exc:
             raise StoreError(
-                f"version {version} of {self.name!r}: unreadable {METADATA_FILE} ({_reason(exc)})"
+                f"version {version} of {self.name!r}: unreadable {METADATA_FILE} ({describe(exc)})"
             ) from exc
 
     def read_figure(self, version: int, name: str) -> bytes:
@@ -218,9 +125,9 @@ class ModelStore:
             raise VersionNotFound(f"version {version} of {self.name!r} has no {name}") from None
         except OSError as exc:
             if exc.errno is None or exc.errno == errno.ELOOP:  # not a regular file, too large, a symlink
-                raise VersionNotFound(f"version {version} of {self.name!r}: {name} {_reason(exc)}") from None
+                raise VersionNotFound(f"version {version} of {self.name!r}: {name} {describe(exc)}") from None
             raise StoreError(
-                f"version {version} of {self.name!r}: unreadable {name} ({_reason(exc)})"
+                f"version {version} of {self.name!r}: unreadable {name} ({describe(exc)})"
             ) from exc
         if not data.startswith(PNG_SIGNATURE):  # whatever the file holds, only a PNG is served as one
             raise VersionNotFound(f"version {version} of {self.name!r}: {name} is not a PNG")
@@ -233,7 +140,7 @@ class ModelStore:
         except FileNotFoundError:
             return None
         except (OSError, ValidationError, ValueError) as exc:
-            raise StoreError(f"model {self.name!r}: unreadable {CURRENT_FILE} ({_reason(exc)})") from exc
+            raise StoreError(f"model {self.name!r}: unreadable {CURRENT_FILE} ({describe(exc)})") from exc
 
     def current_version(self) -> int | None:
         pointer = self.current()
@@ -293,7 +200,7 @@ class ModelStore:
                 path.name.startswith(STAGING_PREFIX)
                 and not path.is_symlink()
                 and path.is_dir()
-                and not _held(path / STAGING_LOCK)
+                and not held(path / STAGING_LOCK)
             ):
                 shutil.rmtree(path, ignore_errors=True)
 
@@ -309,11 +216,11 @@ class ModelStore:
             (staging / METADATA_FILE).write_text(stamped.model_dump_json(indent=2) + "\n")
             (staging / STAGING_LOCK).unlink(missing_ok=True)  # the writer keeps its lock until it is done
             for path in staging.iterdir():
-                _fsync_file(path)
-            _fsync_dir(staging)
+                fsync_file(path)
+            fsync_dir(staging)
             # A rename onto an existing non-empty directory fails, so a version is never overwritten.
             os.rename(staging, self.directory / str(version))
-            _fsync_dir(self.directory)
+            fsync_dir(self.directory)
         return version
 
     def promote(self, version: int, reason: str = "manual") -> None:
@@ -338,9 +245,9 @@ class ModelStore:
         pointer = CurrentPointer(version=version, promoted_at=datetime.now(UTC), reason=reason)
         tmp = self.directory / f".{CURRENT_FILE}.{uuid.uuid4().hex}"
         tmp.write_text(pointer.model_dump_json() + "\n")
-        _fsync_file(tmp)
+        fsync_file(tmp)
         os.replace(tmp, self.directory / CURRENT_FILE)
-        _fsync_dir(self.directory)
+        fsync_dir(self.directory)
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
@@ -353,85 +260,10 @@ class ModelStore:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _held(lock: Path) -> bool:
-    """Whether a live process holds this lock file (a missing file is held by nobody)."""
-    try:
-        handle = open(lock, "rb")  # noqa: SIM115 - closed below
-    except OSError:
-        return False
-    with handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-    return False
-
-
 def is_version_name(name: str) -> bool:
     """A version folder's name: 1-9 ASCII digits without a leading zero."""
     return 0 < len(name) <= len(str(MAX_VERSION)) and name.isascii() and name.isdigit() and name[0] != "0"
 
 
-def read_small_file(path: Path, max_bytes: int) -> bytes:
-    """A regular file's bytes, refusing anything else without blocking on it.
-
-    O_NONBLOCK makes opening a FIFO return at once (a plain open would wait for a writer forever);
-    the fstat check then refuses it, like any device, directory or file over max_bytes. O_NOFOLLOW
-    refuses a symlink (ELOOP): a version's file that points at /proc/self/environ is not read.
-    """
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW)
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise OSError("is not a regular file")
-        if info.st_size > max_bytes:
-            raise OSError(f"has {info.st_size} bytes, more than {max_bytes}")
-        with os.fdopen(fd, "rb", closefd=False) as handle:
-            data = handle.read(max_bytes + 1)
-    finally:
-        os.close(fd)
-    if len(data) > max_bytes:
-        raise OSError(f"has more than {max_bytes} bytes")
-    return data
-
-
 def _validation_accuracy(metadata: ModelMetadata) -> float:
     return metadata.validation.accuracy if metadata.validation else float("-inf")
-
-
-def _fsync_file(path: Path) -> None:
-    if path.is_dir():
-        for child in path.iterdir():
-            _fsync_file(child)
-        _fsync_dir(path)
-        return
-    with open(path, "rb") as handle:
-        os.fsync(handle.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def without_paths(text: str) -> str:
-    """The text with each absolute path cut to its last part: reasons that reach clients name files, not
-    where the server keeps them (ONNX Runtime's messages spell out the version folder, for one)."""
-    return _ABSOLUTE_PATH.sub(lambda found: Path(found[0]).name or "/", text)
-
-
-_ABSOLUTE_PATH = re.compile(r"(?<![\w.~])/[^\s\"'():,;]+")
-
-
-def _reason(exc: BaseException) -> str:
-    """What went wrong, without the path an OSError names (reasons reach clients)."""
-    if isinstance(exc, OSError) and exc.strerror:
-        return "is a symbolic link" if exc.errno == errno.ELOOP else exc.strerror.lower()
-    return _first_line(exc)
-
-
-def _first_line(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

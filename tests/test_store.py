@@ -11,14 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from core.store import (
-    METADATA_FILE,
-    EvaluationMetrics,
-    ModelMetadata,
-    ModelStore,
-    StoreError,
-    VersionNotFound,
-)
+from core.metadata import EvaluationMetrics, ModelMetadata
+from core.store import METADATA_FILE, ModelStore, StoreError, VersionNotFound
 
 
 def metadata(validation_accuracy: float) -> ModelMetadata:

@@ -172,7 +172,7 @@ def test_if_better_does_not_promote_a_version_the_serving_image_cannot_run(tmp_p
     # refuses: `if-better` leaves it unpromoted, `always` still promotes it.
     from datetime import UTC, datetime
 
-    from core.store import EvaluationMetrics, ModelMetadata
+    from core.metadata import EvaluationMetrics, ModelMetadata
     from training.publish import apply_policy
 
     store = ModelStore(tmp_path, "clf")

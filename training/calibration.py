@@ -12,7 +12,7 @@ import math
 import numpy as np
 
 from core.evaluation import EPSILON, expected_calibration_error
-from core.store import CalibrationMetrics
+from core.metadata import CalibrationMetrics
 
 # The search range for T, on a log scale; a model needing more is broken, not miscalibrated.
 MIN_TEMPERATURE, MAX_TEMPERATURE = 0.05, 20.0

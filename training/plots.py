@@ -10,7 +10,7 @@ matplotlib.use("Agg")  # files only; never needs a display
 
 import matplotlib.pyplot as plt
 
-from core.store import ReliabilityBin
+from core.metadata import ReliabilityBin
 
 
 def plot_learning_curves(history: dict[str, list[float]], best_epoch: int, path: Path) -> None:

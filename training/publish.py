@@ -25,19 +25,9 @@ import tensorflow as tf
 
 from core.datasets import Dataset, Split
 from core.evaluation import evaluate_probabilities, reliability_bins
+from core.metadata import CalibrationReport, EvaluationMetrics, ModelMetadata, OodReport
 from core.ood import FLAG_QUANTILE, METHOD, OodDetector
-from core.store import (
-    CURVES_FILE,
-    HISTORY_FILE,
-    MODEL_FILE,
-    ONNX_FILE,
-    RELIABILITY_FILE,
-    CalibrationReport,
-    EvaluationMetrics,
-    ModelMetadata,
-    ModelStore,
-    OodReport,
-)
+from core.store import CURVES_FILE, HISTORY_FILE, MODEL_FILE, ONNX_FILE, RELIABILITY_FILE, ModelStore
 from training.calibration import calibration_metrics, fit_temperature, softmax
 from training.config import TrainConfig
 from training.export import output_weights, penultimate, serving_model, write_serving_artifacts

@@ -13,9 +13,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from core.engines import Engine, EngineError, EngineKind, load_engine, load_probe
+from core.metadata import ModelMetadata
 from core.ood import OodDetector, load_detector
 from core.preprocessing import INPUT_SHAPE
-from core.store import ModelMetadata, ModelStore, StoreError, without_paths
+from core.safefiles import without_paths
+from core.store import ModelStore, StoreError
 
 
 class IncompatibleModel(Exception):

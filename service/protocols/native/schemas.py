@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from core.store import ClassMetrics, ReliabilityBin
+from core.metadata import ClassMetrics, ReliabilityBin
 
 _EXAMPLE_IMAGE = [[0] * 28 for _ in range(28)]
 
