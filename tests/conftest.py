@@ -14,6 +14,7 @@ from core.datasets import Dataset, find_fashion_mnist, load_fashion_mnist
 from core.engines import quiet_tensorflow
 from core.store import ModelStore
 from tests.helpers import BUNDLED_STORE, make_client, write_fashion_mnist
+from tests.tiny_model import write_tiny_store
 
 quiet_tensorflow(os.environ)
 
@@ -64,11 +65,19 @@ def synthetic_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_store(tmp_path_factory: pytest.TempPathFactory, synthetic_data_dir: Path) -> Path:
-    """A store with one real (tiny) trained version, published by the training code itself."""
+    """A store with one real (tiny) version trained and published without TensorFlow, as the service
+    needs none (tests/tiny_model.py): what the service's tests serve."""
+    return write_tiny_store(tmp_path_factory.mktemp("store"), load_fashion_mnist(synthetic_data_dir))
+
+
+@pytest.fixture(scope="session")
+def keras_store(tmp_path_factory: pytest.TempPathFactory, synthetic_data_dir: Path) -> Path:
+    """A store with one real (tiny) Keras version, published by the training code itself (the engines'
+    and the training tests)."""
     from training.config import TrainConfig
     from training.train import train_and_publish
 
-    root = tmp_path_factory.mktemp("store")
+    root = tmp_path_factory.mktemp("keras-store")
     config = TrainConfig(
         hidden_units=(32,),
         epochs=15,

@@ -161,8 +161,8 @@ def test_a_request_that_waits_too_long_is_504(gated_client: tuple[TestClient, Ga
     assert client.post("/predict", json={"instances": [[0] * 784]}).status_code == 200
 
 
-def test_engine_choice_survives_a_round_trip(tiny_store: Path) -> None:
-    engine = load_engine(tiny_store / "fashion-mnist" / "1", "keras")
+def test_engine_choice_survives_a_round_trip(keras_store: Path) -> None:
+    engine = load_engine(keras_store / "fashion-mnist" / "1", "keras")
     assert engine.kind == "keras"
     assert engine.predict(synthetic_images(np.array([3])).astype(np.float32)).probabilities.argmax() == 3
 
