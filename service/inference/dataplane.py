@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from core.store import VersionNotFound, model_names
+from core.store import FIGURE_FILES, VersionNotFound, model_names
 from service.errors import NotFound, NotReady, brief
 from service.inference.batching import MicroBatcher
 from service.inference.model import Inference, LoadedModel
@@ -197,9 +197,19 @@ class DataPlane:
         return await manager.run_io(manager.version_table)
 
     async def figure(self, name: str, version: int, figure: str) -> bytes:
-        """A version's figure (a PNG); VersionNotFound when the version or the figure is not there."""
+        """A version's figure (a PNG); NotFound (figure_not_found) when the version or the figure is
+        not there, or the file is not a PNG."""
         manager = self.manager(name)
-        return await manager.run_io(manager.store.read_figure, version, figure)
+        try:
+            return await manager.run_io(manager.store.read_figure, version, figure)
+        except VersionNotFound as exc:
+            figures = ", ".join(FIGURE_FILES)
+            message = (
+                str(exc)  # the version's own reason: missing, not a PNG, a symlink...
+                if figure in FIGURE_FILES
+                else f"version {version} of {name!r} has no figure {brief(figure)}; figures: {figures}"
+            )
+            raise NotFound(message, code="figure_not_found") from None
 
     async def reload(self, name: str | None = None) -> ReloadOutcome:
         """Check the store now and swap to the promoted version if it passes."""
@@ -212,7 +222,7 @@ class DataPlane:
             raise NotFound(f"the store has no model {brief(name)}", code="model_not_found")
         newly = name not in self.managers
         outcome = await self.serve(name).reload(force=True)
-        if outcome.served is None and newly:
+        if outcome.served_version is None and newly:
             await self.unserve(name)
         return outcome
 

@@ -51,7 +51,7 @@ class VersionRefused(Exception):
 
 @dataclass(frozen=True)
 class ReloadOutcome:
-    served: int | None
+    served_version: int | None
     changed: bool
     error: str | None = None
 

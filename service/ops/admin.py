@@ -20,7 +20,7 @@ router = APIRouter(
 @router.post("/reload", summary="Check the store now and swap to the promoted version if it passes")
 async def reload(dataplane: DataPlaneDep, model: str | None = None) -> dict[str, Any]:
     outcome = await dataplane.reload(model)
-    return {"served_version": outcome.served, "changed": outcome.changed, "error": outcome.error}
+    return {"served_version": outcome.served_version, "changed": outcome.changed, "error": outcome.error}
 
 
 @router.get("/versions", summary="Versions in the store with their metrics; which is promoted and served")

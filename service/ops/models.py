@@ -7,9 +7,7 @@ from typing import Any
 from fastapi import APIRouter
 from starlette.responses import Response
 
-from core.store import FIGURE_FILES, VersionNotFound
 from service.deps import DataPlaneDep, ModelDep, version_number
-from service.errors import NotFound, brief
 from service.inference.model import LoadedModel
 from service.protocols.native.schemas import error_responses
 
@@ -64,22 +62,12 @@ async def versions(name: str, dataplane: DataPlaneDep) -> dict[str, Any]:
 
 @router.get(
     "/models/{name}/versions/{version}/figures/{figure}",
-    summary=f"A version's figure as PNG: {', '.join(FIGURE_FILES)}",
+    summary="A version's figure as PNG: learning_curves.png or reliability.png",
     response_class=Response,
     responses={200: {"content": {"image/png": {}}}, **error_responses(404, 503)},
 )
 async def figure(name: str, version: str, figure: str, dataplane: DataPlaneDep) -> Response:
-    number = version_number(version)
-    try:
-        png = await dataplane.figure(name, number, figure)
-    except VersionNotFound as exc:
-        figures = ", ".join(FIGURE_FILES)
-        message = (
-            str(exc)  # the version's own reason: missing, not a PNG, a symlink...
-            if figure in FIGURE_FILES
-            else f"version {number} of {name!r} has no figure {brief(figure)}; figures: {figures}"
-        )
-        raise NotFound(message, code="figure_not_found") from None
+    png = await dataplane.figure(name, version_number(version), figure)
     # Versions are immutable: a figure never changes under its URL.
     cache = {"Cache-Control": "public, max-age=86400, immutable"}
     return Response(png, media_type="image/png", headers=cache)

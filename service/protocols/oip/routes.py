@@ -128,9 +128,9 @@ async def one_process(request: Request) -> None:
 )
 async def load(dataplane: DataPlaneDep, name: str) -> dict[str, Any]:
     outcome = await dataplane.load(name)
-    if outcome.served is None:
+    if outcome.served_version is None:
         raise NotReady(f"model {name!r} has no servable version: {outcome.error}")
-    return {"name": name, "load": True, "version": str(outcome.served)}
+    return {"name": name, "load": True, "version": str(outcome.served_version)}
 
 
 @repository.post(

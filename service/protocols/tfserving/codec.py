@@ -30,7 +30,7 @@ B64 = "b64"
 class V1Request:
     row_format: bool
     pixels: np.ndarray | None  # (N, 28, 28) when the request sent pixels
-    images: list[bytes] | None  # image files when it sent {"b64": ...}
+    files: list[bytes] | None  # image files (their bytes) when it sent {"b64": ...}
 
 
 def parse_request(document: Any, key: str, max_instances: int, body: bytes) -> V1Request:

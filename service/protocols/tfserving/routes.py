@@ -78,7 +78,7 @@ async def _run(request: Request, name: str, version: int | None, verb: str) -> R
     if parsed.pixels is not None:
         images = parsed.pixels
     else:  # image files: converted as uploads are
-        files = [(f"instance {i}", data, None) for i, data in enumerate(parsed.images or [])]
+        files = [(f"instance {i}", data, None) for i, data in enumerate(parsed.files or [])]
         images = await shared.decode_pool.run(
             lambda cancelled: convert_uploads(open_images(files, limits), "auto", cancelled), deadline
         )
