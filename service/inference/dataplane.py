@@ -3,7 +3,9 @@
 Protocol adapters (/predict and /evaluate, TF Serving's /v1, the Open Inference Protocol's /v2) decode
 a request, ask the data plane for a model and run images through it, then encode the answer in their
 own shape. Model lookup, readiness, batching, metrics and the loading of explicit versions happen
-here, once, whichever protocol a request came in by.
+here, once, whichever protocol a request came in by; so do the operations' reads of the store (version
+tables, figures, the repository's index and loads), each in its model's store thread. Routes use
+nothing else of the inference plane.
 
 Each served model (MODEL_NAME and MODELS) has a ModelManager that follows its promoted version and a
 MicroBatcher of its own, so a busy model queues behind itself, never in front of another. A version
