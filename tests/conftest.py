@@ -44,10 +44,16 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     terminalreporter.section("not run on this machine", sep="-", yellow=True, bold=True)
     for reason, count in reasons.most_common():
         terminalreporter.write_line(f"{count:4d} {'test' if count == 1 else 'tests'}: {reason}")
+    total = f"{len(skipped)} {'test' if len(skipped) == 1 else 'tests'}"
     terminalreporter.write_line(
-        f"{len(skipped)} tests did not run. `sudo make system-packages` installs what they need "
+        f"{total} did not run. `sudo make system-packages` installs the Debian packages they need "
         "(`make test` does it itself when run as root)."
     )
+    if any("kubectl" in reason for reason in reasons):
+        terminalreporter.write_line(
+            "kubectl (with kustomize) is not among them: Debian's kubernetes-client conflicts with the "
+            "kubectl these machines carry; install kubectl from Kubernetes' own packages."
+        )
 
 
 @pytest.fixture(scope="session")
