@@ -405,10 +405,7 @@ def pipeline_flood(connections: int, kilobytes: int) -> Callable[[int], dict[str
                         sock.sendall(flood[start : start + 65536])
                         sent = start + 65536
                 time.sleep(3)
-                answers = bytearray()
-                with suppress(OSError):
-                    while chunk := sock.recv(1 << 20):
-                        answers += chunk
+                answers = drain(sock, 10)
             answered, refused = answers.count(b"HTTP/1.1 200"), answers.count(b"HTTP/1.1 503")
             return f"{answered} answered, {refused} refused, " + (
                 "all sent" if sent >= len(flood) else "cut off"
@@ -419,20 +416,30 @@ def pipeline_flood(connections: int, kilobytes: int) -> Callable[[int], dict[str
     return attack
 
 
-def _how_it_ended(sock: socket.socket, within_s: float = 5.0) -> str:
-    """Reads what is left of an answer: whether the server had dropped it or still held all of it."""
+def drain(sock: socket.socket, within_s: float) -> bytes:
+    """What the server sends on this socket until it closes or resets it, or within_s has passed."""
     sock.settimeout(within_s)
     received = bytearray()
     deadline = time.monotonic() + within_s
     with suppress(OSError):
         while time.monotonic() < deadline and (chunk := sock.recv(1 << 20)):
             received += chunk
-    head, _, body = bytes(received).partition(b"\r\n\r\n")
-    status = head.split(b" ", 2)[1].decode() if head.startswith(b"HTTP/") else "no"
-    declared = re.search(rb"content-length: (\d+)", head)
-    if declared and len(body) >= int(declared[1]):
-        return f"{status} answer held until read"
-    return f"{status} answer dropped by the server"
+    return bytes(received)
+
+
+def answered_whole(received: bytes) -> bool:
+    """Whether these bytes hold a whole answer: its head and all the body its Content-Length declares."""
+    head, separator, body = received.partition(b"\r\n\r\n")
+    declared = re.search(rb"content-length: (\d+)", head) if separator else None
+    return declared is not None and len(body) >= int(declared[1])
+
+
+def _how_it_ended(sock: socket.socket, within_s: float = 5.0) -> str:
+    """Reads what is left of an answer: whether the server had dropped it or still held all of it."""
+    received = drain(sock, within_s)
+    status = received.split(b" ", 2)[1].decode() if received.startswith(b"HTTP/") else "no"
+    held = "answer held until read" if answered_whole(received) else "answer dropped by the server"
+    return f"{status} {held}"
 
 
 def unread_answers(connections: int) -> Callable[[int], dict[str, object]]:

@@ -109,11 +109,6 @@ def brief(value: object, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
-    body = orjson.dumps({"error": {"code": code, "message": message}})
-    return Response(body, status_code=status, headers=headers, media_type="application/json")
-
-
 # The standard protocols' own error shape: {"error": "message"}, and 400 (not 422) for bad input,
 # as TF Serving, Triton and KServe answer.
 STANDARD_PROTOCOL_PREFIXES = ("/v1/", "/v2")

@@ -10,14 +10,12 @@ Keras-trained store (`keras_store` in conftest.py) instead.
 
 from __future__ import annotations
 
-import io
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
-from PIL import Image
 
 from core.datasets import Dataset, Split
 from core.engines import OnnxEngine, Probe, verify_engine
@@ -26,6 +24,7 @@ from core.metadata import ModelMetadata, OodReport
 from core.ood import FLAG_QUANTILE, METHOD, OodDetector
 from core.preprocessing import INPUT_SHAPE, PIXELS_PER_IMAGE
 from core.store import CURVES_FILE, ONNX_FILE, OOD_FILE, PROBE_FILE, RELIABILITY_FILE, ModelStore
+from tests.helpers import image_bytes
 
 HIDDEN = 32
 VALIDATION = 100
@@ -64,7 +63,7 @@ def publish_tiny_model(store: ModelStore, dataset: Dataset, steps: int = 300, se
         probe.save(staging / PROBE_FILE)
         detector.save(staging / OOD_FILE)
         for figure in (CURVES_FILE, RELIABILITY_FILE):
-            (staging / figure).write_bytes(_png())
+            (staging / figure).write_bytes(image_bytes(np.full((8, 8), 128, np.uint8)))
         metrics, _ = evaluate_probabilities(
             validation_outputs.probabilities, validation.labels, dataset.class_names
         )
@@ -152,12 +151,6 @@ def _onnx_graph(w1: np.ndarray, b1: np.ndarray, w2: np.ndarray, b2: np.ndarray) 
     model.ir_version = 8
     onnx.checker.check_model(model)
     return model.SerializeToString()
-
-
-def _png() -> bytes:
-    buffer = io.BytesIO()
-    Image.new("L", (8, 8), 128).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def write_tiny_store(root: Path, dataset: Dataset) -> Path:

@@ -108,9 +108,9 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def media_type_of(request: Request) -> str:
-    """The request's media type, checked before a byte of the body is read (415 otherwise)."""
-    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+def media_type_of(content_type: str) -> str:
+    """The media type of a Content-Type, checked before a byte of the body is read (415 otherwise)."""
+    media_type = content_type.split(";")[0].strip().lower()
     _check_media_type(media_type)
     return media_type
 
@@ -118,6 +118,7 @@ def media_type_of(request: Request) -> str:
 async def decode_body(
     body: bytes,
     content_type: str,
+    media_type: str,
     limits: Limits,
     invert: InvertMode,
     pool: DecodePool,
@@ -127,10 +128,9 @@ async def decode_body(
 ) -> Decoded:
     """Dispatch on Content-Type: JSON instances, multipart image files, one raw image, or raw pixels.
 
+    media_type: media_type_of(content_type), checked before the body was read.
     json_fields: the JSON members allowed besides "instances"; any other is refused.
     """
-    media_type = content_type.split(";")[0].strip().lower()
-    _check_media_type(media_type)
     if media_type == FORM_TYPE or media_type.startswith("image/"):
         images, fields = await decode_uploads(body, content_type, media_type, limits, invert, pool, deadline)
         return Decoded(images, fields, deadline)

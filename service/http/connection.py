@@ -160,8 +160,13 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._head_deadline = None
-        # A head that arrived whole in one chunk (with its body, maybe): measured from what was parsed.
-        head_bytes = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
+        # A head that arrived whole in one chunk (with its body, maybe): measured from what was parsed,
+        # in the one pass that also finds its transfer codings (uvicorn has lowercased the names).
+        head_bytes, codings = len(self.url), []
+        for name, value in self.headers:
+            head_bytes += len(name) + len(value) + 4
+            if name == b"transfer-encoding":
+                codings.append(value)
         if head_bytes > self.limits.max_header_bytes:
             self._refuse_head_too_large()
             raise _Refused
@@ -174,7 +179,6 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 retry_after=True,
             )
             raise _Refused
-        codings = [value for name, value in self.headers if name.lower() == b"transfer-encoding"]
         if codings and (len(codings) > 1 or codings[0].strip().lower() != b"chunked"):
             # httptools decodes only chunked; anything else (gzip, chunked) would be read as plain chunks.
             received = brief(b", ".join(codings).decode("latin-1"))
@@ -182,7 +186,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._refuse(501, "unsupported_transfer_coding", message, "invalid_http")
             raise _Refused
         if self.parser.should_upgrade():
-            self._ignore_upgrade()
+            self._ignore_upgrade(chunked=bool(codings))
         super().on_headers_complete()
         if self._upgrade_body is not None:
             self.cycle.keep_alive = False  # the parser ends with the head: nothing after the body is read
@@ -199,15 +203,14 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     # ---- ignored upgrades ----
 
-    def _ignore_upgrade(self) -> None:
+    def _ignore_upgrade(self, *, chunked: bool) -> None:
         """A request with `Connection: Upgrade`: its body (by Content-Length; a chunked one is refused)
         is fed to the request by hand, since httptools hands everything after the head to the new
         protocol."""
-        headers = dict(self.headers)
-        if b"chunked" in headers.get(b"transfer-encoding", b"").lower():
+        if chunked:
             self._refuse(400, "invalid_http", "a chunked body with Connection: Upgrade", "invalid_http")
             raise _Refused
-        length = digits(headers.get(b"content-length", b"0").decode("latin-1"), 20)
+        length = digits(dict(self.headers).get(b"content-length", b"0"), 20)
         if length is None:
             self._refuse(400, "invalid_http", "the Content-Length is not a number", "invalid_http")
             raise _Refused
@@ -244,12 +247,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def _refuse_pipelined(self) -> None:
         """The newest queued request (the one past the bound) is answered 503 in its turn, and the
         connection closes after it; the rest of its input is not parsed."""
-        self._refusing = True
-        self._head_deadline = None
-        self.limits.on_refused("too_many_pipelined")
-        access_log.info(
-            "refused", extra={"status": 503, "reason": "too_many_pipelined", "client": self._client_host}
-        )
+        self._stop_parsing(503, "too_many_pipelined")
         cycle, _ = self.pipeline[0]
         cycle.keep_alive = False
         message = f"more than {self.limits.max_pipelined} requests sent ahead of their answers; read them"
@@ -269,10 +267,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def _write_timed_out(self) -> None:
         self._write_deadline = None  # closing or not: a closed transport still waits for its bytes to leave
-        self.limits.on_refused("write_timeout")
-        access_log.info(
-            "refused", extra={"status": 0, "reason": "write_timeout", "client": self._client_host}
-        )
+        self._stop_parsing(0, "write_timeout")
         self.transport.abort()  # close() would wait for the unread bytes to leave
 
     def check_deadlines(self, now: float) -> None:
@@ -308,16 +303,20 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             "headers_too_large",
         )
 
+    def _stop_parsing(self, status: int, reason: str) -> None:
+        """A refusal: counted (a metric) and logged, and nothing more of the connection is parsed."""
+        self._refusing = True
+        self._head_deadline = None
+        self.limits.on_refused(reason)
+        access_log.info("refused", extra={"status": status, "reason": reason, "client": self._client_host})
+
     def _refuse(
         self, status: int, code: str, message: str, reason: str, *, retry_after: bool = False
     ) -> None:
         """Answer with a JSON error and close; the rest of the connection's input is ignored."""
         if self._refusing or self.transport.is_closing():
             return
-        self._refusing = True
-        self._head_deadline = None
-        self.limits.on_refused(reason)
-        access_log.info("refused", extra={"status": status, "reason": reason, "client": self._client_host})
+        self._stop_parsing(status, reason)
         path = getattr(self, "url", b"").partition(b"?")[0].decode("latin-1")  # as much as has arrived
         body, headers = _error(path, code, message, retry_after=retry_after)
         head = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}", "connection: close"]

@@ -214,5 +214,5 @@ def _chunked(scope: Scope) -> bool:
 def _content_length(scope: Scope) -> int:
     for name, value in scope["headers"]:
         if name == b"content-length":
-            return digits(value.decode("latin-1"), 20) or 0
+            return digits(value, 20) or 0
     return 0

@@ -10,8 +10,9 @@ from __future__ import annotations
 from typing import Any, TypeGuard
 
 
-def digits(text: str, max_digits: int) -> int | None:
-    """The number `text` spells in at most max_digits ASCII digits, or None."""
+def digits(text: str | bytes, max_digits: int) -> int | None:
+    """The number `text` (a str, or a header's bytes as they came) spells in at most max_digits ASCII
+    digits, or None."""
     if 0 < len(text) <= max_digits and text.isascii() and text.isdigit():
         return int(text)
     return None

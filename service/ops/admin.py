@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Depends
 
 from service.deps import DataPlaneDep, require_admin
-from service.protocols.native.schemas import error_responses
+from service.openapi import error_responses
 
 router = APIRouter(
     prefix="/admin",

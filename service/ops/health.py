@@ -4,17 +4,24 @@ authenticated, GET or HEAD (health checkers use both)."""
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
 from starlette.responses import Response
 
 from service.deps import DataPlaneDep, require_ready
-from service.protocols.native.schemas import Ready, error_responses
+from service.openapi import ModelRef, error_responses
 from service.services import services
 
 router = APIRouter(tags=["operations"])
+
+
+class Ready(BaseModel):
+    status: Literal["ready"]
+    model: ModelRef  # MODEL_NAME's served version
+    models: list[ModelRef]  # every served model's, MODEL_NAME first
 
 
 @router.head("/health", include_in_schema=False)

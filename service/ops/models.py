@@ -9,7 +9,7 @@ from starlette.responses import Response
 
 from service.deps import DataPlaneDep, ModelDep, version_number
 from service.inference.model import LoadedModel
-from service.protocols.native.schemas import error_responses
+from service.openapi import error_responses
 
 router = APIRouter(tags=["model"])
 PRIVATE_TRAINING_KEYS = frozenset({"dataset_source"})

@@ -24,10 +24,10 @@ from service.errors import InvalidRequest, Overloaded, brief
 from service.http.bodies import decode_body, media_type_of
 from service.http.validate import digits, is_int, is_positive_int
 from service.inference.model import LoadedModel
+from service.openapi import error_responses
 from service.protocols.native.schemas import (
     EvaluateRequest,
     EvaluateResponse,
-    error_responses,
     image_body_doc,
 )
 from service.protocols.native.testset import TestSet
@@ -58,12 +58,13 @@ async def evaluate(request: Request, invert: InvertMode = Query("auto")) -> Resp
         raise Overloaded(f"{running} evaluations are running; retry shortly", headers={"Retry-After": "2"})
     async with admission:
         content_type = request.headers.get("content-type", "")
-        media_type_of(request)  # 415 before the body is read
+        media_type = media_type_of(content_type)  # 415 before the body is read
         admitted = await admit(request)
         model, deadline = admitted.model, admitted.deadline
         decoded = await decode_body(
             admitted.body,
             content_type,
+            media_type,
             shared.limits,
             invert,
             shared.decode_pool,

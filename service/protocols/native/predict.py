@@ -19,7 +19,8 @@ from service.errors import InvalidRequest, brief
 from service.http.bodies import decode_body, media_type_of
 from service.http.validate import digits
 from service.inference.model import Inference, LoadedModel
-from service.protocols.native.schemas import PredictRequest, PredictResponse, error_responses, image_body_doc
+from service.openapi import error_responses
+from service.protocols.native.schemas import PredictRequest, PredictResponse, image_body_doc
 from service.services import services
 
 router = APIRouter(tags=["inference"])
@@ -73,12 +74,12 @@ async def predict(request: Request) -> Response:
     await require_api_key(request)
     shared = services(request)
     options = query_options(request)
-    media_type_of(request)  # 415 before the body is read
+    content_type = request.headers.get("content-type", "")
+    media_type = media_type_of(content_type)  # 415 before the body is read
     admitted = await admit(request)
     model, deadline = admitted.model, admitted.deadline
-    content_type = request.headers.get("content-type", "")
     decoded = await decode_body(
-        admitted.body, content_type, shared.limits, options.invert, shared.decode_pool, deadline
+        admitted.body, content_type, media_type, shared.limits, options.invert, shared.decode_pool, deadline
     )
     if not len(decoded.images):
         raise InvalidRequest("instances is required", code="missing_instances")

@@ -1,4 +1,5 @@
-"""Request and response shapes, for the OpenAPI document (the hot path parses bodies with NumPy)."""
+"""/predict's and /evaluate's request and response shapes, for the OpenAPI document (the hot path parses
+bodies with NumPy). What every route's documentation shares is service/openapi.py's."""
 
 from __future__ import annotations
 
@@ -7,13 +8,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from core.metadata import ClassMetrics, ReliabilityBin
+from service.openapi import ModelRef
 
 _EXAMPLE_IMAGE = [[0] * 28 for _ in range(28)]
-
-
-class ModelRef(BaseModel):
-    name: str = Field(examples=["fashion-mnist"])
-    version: int = Field(examples=[1])
 
 
 class PredictRequest(BaseModel):
@@ -72,35 +69,6 @@ class EvaluateResponse(BaseModel):
     per_class: dict[str, ClassMetrics]
     class_names: list[str]
     confusion_matrix: list[list[int]] = Field(description="Rows are true classes, columns predicted classes.")
-
-
-class ErrorDetail(BaseModel):
-    code: str = Field(examples=["invalid_pixels"])
-    message: str
-
-
-class ErrorBody(BaseModel):
-    error: ErrorDetail
-
-
-class Ready(BaseModel):
-    status: Literal["ready"]
-    model: ModelRef  # MODEL_NAME's served version
-    models: list[ModelRef]  # every served model's, MODEL_NAME first
-
-
-def path_parameters(*names: str) -> dict[str, Any]:
-    """openapi_extra for a route that reads its path parameters from the request itself (no parameter
-    injection on the hot paths): without it the document names parameters no operation defines."""
-    return {
-        "parameters": [
-            {"name": name, "in": "path", "required": True, "schema": {"type": "string"}} for name in names
-        ]
-    }
-
-
-def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    return {status: {"model": ErrorBody} for status in statuses}
 
 
 def image_body_doc(json_schema: type[BaseModel]) -> dict[str, Any]:

@@ -116,7 +116,7 @@ def parse_infer(
         raise InvalidRequest(
             f"unknown input {brief(tensor.get('name'))}; model {model.name!r} takes {INPUT_NAME!r}"
         )
-    images = _input_images(tensor, binary, (max_json_images, max_binary_images), may_hold_boolean(header))
+    images = _input_images(tensor, binary, max_json_images, max_binary_images, may_hold_boolean(header))
     parameters = _parameters(document, "the request")
     if parameters.get("classification") is not None:
         _check_classification(parameters["classification"])
@@ -149,14 +149,13 @@ def _parameters(holder: dict[str, Any], where: str) -> dict[str, Any]:
 
 
 def _input_images(
-    tensor: dict[str, Any], binary: bytes, max_images: tuple[int, int], booleans: bool
+    tensor: dict[str, Any], binary: bytes, max_json_images: int, max_binary_images: int, booleans: bool
 ) -> np.ndarray:
-    """The input's images, from binary data or JSON numbers; max_images is (JSON, binary)."""
+    """The input's images, from binary data or JSON numbers, each held to its own limit."""
     datatype, shape = tensor.get("datatype"), tensor.get("shape")
     if not isinstance(shape, list) or not all(is_int(d) for d in shape):
         raise InvalidRequest(f"input shape must be a list of integers, received {brief(shape)}")
     size = _parameters(tensor, "the input").get("binary_data_size")
-    max_json_images, max_binary_images = max_images
     if size is not None:
         if not is_int(size) or size != len(binary):
             raise InvalidRequest(

@@ -15,7 +15,7 @@ from starlette.responses import Response
 from service import __version__
 from service.deps import DataPlaneDep, admit, require_admin, require_api_key, require_ready, version_number
 from service.errors import Conflict, InvalidRequest, NotReady
-from service.protocols.native.schemas import path_parameters
+from service.openapi import path_parameters
 from service.protocols.oip import codec
 from service.services import services
 

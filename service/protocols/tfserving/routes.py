@@ -16,7 +16,7 @@ from starlette.responses import Response
 from service.deps import DataPlaneDep, admit, require_api_key, version_number
 from service.errors import NotFound, brief
 from service.http.bodies import convert_uploads, open_images, parse_json
-from service.protocols.native.schemas import path_parameters
+from service.openapi import path_parameters
 from service.protocols.tfserving import codec
 from service.services import services
 
