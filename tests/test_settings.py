@@ -31,6 +31,9 @@ def test_defaults_need_no_environment() -> None:
         ("POLL_INTERVAL_S", "-1"),
         ("WORKERS", "0"),
         ("WORKERS", "many"),
+        ("MAX_PIPELINED_REQUESTS", "0"),
+        ("WRITE_TIMEOUT_S", "0"),
+        ("WRITE_TIMEOUT_S", "soon"),
     ],
 )
 def test_invalid_settings_stop_start_up_naming_variable_and_value(
