@@ -17,16 +17,20 @@ from pathlib import Path
 
 
 def held(lock: Path) -> bool:
-    """Whether a live process holds this lock file (a missing file is held by nobody)."""
+    """Whether a live process holds this lock file. A missing file, or anything but a regular file (a
+    FIFO, which a plain open would wait on forever; a symlink), is held by nobody."""
     try:
-        handle = open(lock, "rb")  # noqa: SIM115 - closed below
+        fd = os.open(lock, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOFOLLOW)
     except OSError:
         return False
-    with handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
     return False
 
 

@@ -4,6 +4,7 @@ import json
 import multiprocessing
 import os
 import signal
+import threading
 import time
 from datetime import UTC, datetime
 from multiprocessing.synchronize import Event as EventType
@@ -134,6 +135,22 @@ def test_staging_left_by_a_killed_job_is_removed_by_the_next_one_and_a_live_one_
         left = sorted(p.name for p in (tmp_path / "clf").iterdir())
         assert left == [".lock", live.name, "1"]  # the killed job's staging and half pointer are gone
         assert (live / "model.keras").read_text() == "in progress"
+
+
+def test_a_fifo_or_symlink_in_place_of_a_writer_lock_blocks_no_publish(tmp_path: Path) -> None:
+    # A broken job's leftovers: opening a FIFO to test its lock would wait for a writer forever.
+    store = ModelStore(tmp_path, "clf")
+    publish(store)
+    for name, make in (("fifo", os.mkfifo), ("link", lambda path: path.symlink_to("/etc/hostname"))):
+        folder = tmp_path / "clf" / f".staging-{name}"
+        folder.mkdir()
+        make(folder / ".writer")
+    done = threading.Event()
+    worker = threading.Thread(target=lambda: (publish(store), done.set()), daemon=True)
+    worker.start()
+    worker.join(timeout=20)
+    assert done.is_set(), "publish waited on the FIFO"
+    assert sorted(p.name for p in (tmp_path / "clf").iterdir()) == [".lock", "1", "2"]
 
 
 def _stage_and_wait(root: str, staged: EventType) -> None:
