@@ -394,6 +394,23 @@ def test_refusals_of_the_connection_layer_have_the_protocols_own_shape(server: S
         assert isinstance(error, str) and error, (name, body)
 
 
+def test_a_request_asking_to_upgrade_keeps_every_body_bound(server: Server) -> None:
+    # The body fed by hand is still the app's to bound: a declared size past MAX_BODY_BYTES is a 413 before
+    # any of it is read, and a body that stops arriving is cut off (BODY_TIMEOUT_S is 1 s).
+    upgrade = "Connection: Upgrade\r\nUpgrade: h2c\r\n"
+    with connect(server.port) as sock:
+        sock.sendall(
+            server.request_head("/predict", "application/json", upgrade + f"Content-Length: {100 * MiB}\r\n")
+        )
+        assert read_status(sock, 5) == "413"
+    with connect(server.port) as sock:
+        sock.sendall(
+            server.request_head("/predict", "application/json", upgrade + "Content-Length: 5000\r\n") + b"{"
+        )
+        assert read_status(sock, 10) == "408"
+    assert server.predict() == 200
+
+
 # ---- 7. a client that leaves mid-upload is a 499, logged once, without a traceback ----
 
 
