@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
+import numpy as np
+import onnx
 import pytest
 
 from core.engines import quiet_tensorflow
@@ -77,6 +81,85 @@ def test_train_publishes_version_one_and_makes_it_current(tmp_path: Path, synthe
     )
 
 
+SERVED_LAYERS = {"InputLayer", "Rescaling", "Flatten", "Dense", "Dropout", "BatchNormalization", "Identity"}
+ONNX_OPS = {"MatMul", "Gemm", "Add", "Mul", "Relu", "Softmax", "Reshape", "Flatten", "Identity"}
+
+
+def test_the_strong_recipe_trains_a_teacher_and_publishes_a_pure_mlp(
+    tmp_path: Path, synthetic_data_dir: Path
+) -> None:
+    run_dir = tmp_path / "run"
+    short = ("--recipe", "strong", "--teacher-epochs", "2", "--run-dir", run_dir)
+    result = train(tmp_path, synthetic_data_dir, *short)
+    assert "teacher epoch 2/2" in result.stderr and "published fashion-mnist version 1" in result.stdout
+    meta = ModelStore(tmp_path, "fashion-mnist").read_metadata(1)
+    assert meta.training["recipe"] == "strong" and meta.training["teacher_epochs"] == 2
+    assert meta.training["ema_momentum"] > 0 and 0 < meta.training["teacher_validation_accuracy"] <= 1
+    # The teacher taught the MLP and stays in the run folder: what is served has no convolution.
+    version = tmp_path / "fashion-mnist" / "1"
+    with zipfile.ZipFile(version / MODEL_FILE) as archive:
+        layers = json.loads(archive.read("config.json"))["config"]["layers"]
+    assert {layer["class_name"] for layer in layers} <= SERVED_LAYERS
+    assert {node.op_type for node in onnx.load(version / ONNX_FILE).graph.node} <= ONNX_OPS
+
+    # The same run folder again: the finished teacher is reused, not trained again (and with shifts it
+    # scores each batch as drawn instead of the epoch's images once).
+    again = train(tmp_path, synthetic_data_dir, *short, "--shift", "1")
+    assert "teacher epoch" not in again.stderr and "published fashion-mnist version 2" in again.stdout
+
+
+def test_recipes_are_named_presets_that_flags_override() -> None:
+    from training.config import RECIPES, recipe
+
+    assert recipe("seed").optimizer == "sgd" and recipe("seed").epochs == 30
+    assert recipe("standard") == RECIPES["standard"] and recipe("standard").teacher_epochs == 0
+    assert recipe("strong", epochs=3).epochs == 3 and recipe("strong", epochs=3).teacher_epochs > 0
+    with pytest.raises(ValueError, match=r"recipe must be one of \('seed', 'standard', 'strong'\)"):
+        recipe("best")
+    with pytest.raises(ValueError, match="augment_shift must be in \\[0, 4\\] pixels, received 9"):
+        recipe("strong", augment_shift=9)
+
+
+def test_random_shifts_move_each_image_by_at_most_the_bound_filling_zeros() -> None:
+    import tensorflow as tf
+
+    from training.augment import random_shift
+
+    images = np.zeros((64, 28, 28), dtype=np.float32)
+    images[:, 10:18, 9:19] = np.arange(80, dtype=np.float32).reshape(8, 10) + 1
+    shifted = random_shift(tf.constant(images), 2).numpy()
+    offsets = set()
+    for original, moved in zip(images, shifted, strict=True):
+        matches = [
+            (dy, dx)
+            for dy in range(-2, 3)
+            for dx in range(-2, 3)
+            if np.array_equal(np.roll(original, (dy, dx), axis=(0, 1)), moved)
+        ]
+        assert len(matches) == 1
+        offsets.add(matches[0])
+    assert len(offsets) > 5  # each image draws its own offset
+
+
+def test_distillation_loss_mixes_the_teacher_and_the_labels() -> None:
+    from training.model import DistillationLoss
+
+    labels = np.eye(3, dtype=np.float32)[[0, 1]]
+    teacher = np.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1]], dtype=np.float32)
+    student = np.array([[0.6, 0.3, 0.1], [0.2, 0.7, 0.1]], dtype=np.float32)
+    targets = np.concatenate([labels, teacher], axis=1)
+    hard = -np.log(student[[0, 1], [0, 1]]).mean()
+    assert float(DistillationLoss(3.0, 0.0)(targets, student)) == pytest.approx(hard, rel=1e-5)
+    # At T = 1 the soft part is KL(teacher || student).
+    kl = (teacher * np.log(teacher / student)).sum(axis=1).mean()
+    assert float(DistillationLoss(1.0, 1.0)(targets, student)) == pytest.approx(kl, rel=1e-4)
+    # The targets hold the teacher softened at T: a student that, softened alike, matches them costs nothing.
+    softened = np.exp(np.log(student) / 3)
+    softened /= softened.sum(axis=1, keepdims=True)
+    matched = np.concatenate([labels, softened], axis=1)
+    assert float(DistillationLoss(3.0, 1.0)(matched, student)) == pytest.approx(0.0, abs=1e-5)
+
+
 def test_republish_gives_an_old_version_calibration_and_a_detector(
     tmp_path: Path, synthetic_data_dir: Path
 ) -> None:
@@ -115,6 +198,10 @@ def test_failures_exit_non_zero_with_a_one_line_reason(tmp_path: Path) -> None:
     assert missing.stderr.strip().splitlines() == ["error: model 'fashion-mnist' has no version 4"]
     bad = cli("train", "--store", tmp_path, "--data-dir", tmp_path, "--dropout", "1.5", check=False)
     assert (bad.returncode, bad.stderr.strip()) == (1, "error: dropout_rate must be in [0, 1), received 1.5")
+    negative = cli(
+        "train", "--store", tmp_path, "--data-dir", tmp_path, "--teacher-epochs", "-1", check=False
+    )
+    assert negative.stderr.strip() == "error: teacher_epochs must be >= 0, received -1"
     no_data = cli("train", "--store", tmp_path, "--data-dir", tmp_path, check=False)
     assert no_data.returncode == 1 and "missing train-images-idx3-ubyte.gz" in no_data.stderr
 

@@ -12,9 +12,10 @@ import keras
 class EpochProgress(keras.callbacks.Callback):
     """Prints `epoch 3/40  loss 0.41  accuracy 0.86  val_loss ...  2.1s/epoch  ETA 1m20s` per epoch."""
 
-    def __init__(self, total_epochs: int) -> None:
+    def __init__(self, total_epochs: int, prefix: str = "") -> None:
         super().__init__()
         self.total_epochs = total_epochs
+        self.prefix = prefix
         self._started = 0.0
         self._epochs_timed = 0
 
@@ -31,7 +32,8 @@ class EpochProgress(keras.callbacks.Callback):
         )
         eta = _duration(remaining)
         print(
-            f"epoch {epoch + 1}/{self.total_epochs}  {metrics}  {per_epoch:.1f}s/epoch  ETA {eta}",
+            f"{self.prefix}epoch {epoch + 1}/{self.total_epochs}  {metrics}  "
+            f"{per_epoch:.1f}s/epoch  ETA {eta}",
             file=sys.stderr,
             flush=True,
         )

@@ -7,15 +7,15 @@ import logging
 import os
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import fields
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from core.datasets import DatasetError
 from core.engines import quiet_tensorflow
 from core.store import ModelStore, StoreError
-from training.config import TrainConfig
+from training.config import DEFAULT_RECIPE, RECIPES, TrainConfig, recipe
 
 if TYPE_CHECKING:
     from core.datasets import Dataset
@@ -37,9 +37,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    # Every recipe flag's dest is its TrainConfig field.
-    recipe = {field.name: getattr(args, field.name) for field in fields(TrainConfig)}
-    config = TrainConfig(**{**recipe, "hidden_units": tuple(recipe["hidden_units"])})
+    # Every recipe flag's dest is its TrainConfig field; a flag left out keeps the recipe's value.
+    given = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name) is not None}
+    if "hidden_units" in given:
+        given["hidden_units"] = tuple(given["hidden_units"])
+    config = recipe(args.recipe, **given)
     store = ModelStore(args.store, args.name)
     # TensorFlow loads only for this command; list and promote stay instant.
     quiet_tensorflow(os.environ)
@@ -114,7 +116,6 @@ def _promote(args: argparse.Namespace) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
-    defaults = TrainConfig()
 
     train = commands.add_parser("train", help="train a model and publish it as a new version")
     train.set_defaults(command=_train)
@@ -123,22 +124,34 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--run-dir", type=Path, help="checkpoints and logs; re-run with the same one to resume"
     )
-    train.add_argument("--epochs", type=int, default=defaults.epochs)
-    train.add_argument("--max-train-samples", type=int)
-    train.add_argument("--validation-size", type=int, default=defaults.validation_size)
-    train.add_argument("--hidden-units", type=int, nargs="+", default=list(defaults.hidden_units))
-    train.add_argument("--activation", default=defaults.activation)
-    train.add_argument("--dropout", dest="dropout_rate", type=float, default=defaults.dropout_rate)
-    train.add_argument("--optimizer", default=defaults.optimizer)
-    train.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
-    train.add_argument("--lr-schedule", default=defaults.lr_schedule)
-    train.add_argument("--label-smoothing", type=float, default=defaults.label_smoothing)
     train.add_argument(
+        "--recipe",
+        choices=list(RECIPES),
+        default=DEFAULT_RECIPE,
+        help="a named set of the options below (seed: the lecture's SGD; strong: distilled from a CNN)",
+    )
+    recipe_flag = _recipe_flag(train)
+    recipe_flag("--epochs", type=int)
+    recipe_flag("--max-train-samples", type=int)
+    recipe_flag("--validation-size", type=int)
+    recipe_flag("--hidden-units", type=int, nargs="+")
+    recipe_flag("--activation")
+    recipe_flag("--dropout", dest="dropout_rate", type=float)
+    recipe_flag("--optimizer")
+    recipe_flag("--learning-rate", type=float)
+    recipe_flag("--lr-schedule")
+    recipe_flag("--label-smoothing", type=float)
+    recipe_flag(
         "--no-flip", dest="augment_flip", action="store_false", help="no horizontal-flip augmentation"
     )
-    train.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    train.add_argument("--patience", type=int, default=defaults.patience)
-    train.add_argument("--seed", type=int, default=defaults.seed)
+    recipe_flag("--shift", dest="augment_shift", type=int, help="random shifts of up to N pixels")
+    recipe_flag("--teacher-epochs", type=int, help="distil from a CNN teacher trained for N epochs (0: none)")
+    recipe_flag("--distill-temperature", type=float)
+    recipe_flag("--distill-weight", type=float, help="the soft targets' share of the loss")
+    recipe_flag("--ema", dest="ema_momentum", type=float, help="weight averaging momentum (0: off)")
+    recipe_flag("--batch-size", type=int)
+    recipe_flag("--patience", type=int)
+    recipe_flag("--seed", type=int)
 
     again = commands.add_parser(
         "republish",
@@ -158,6 +171,22 @@ def _parser() -> argparse.ArgumentParser:
     _store_options(promote)
     promote.add_argument("version", type=int)
     return parser
+
+
+def _recipe_flag(parser: argparse.ArgumentParser) -> Callable[..., object]:
+    """add_argument for a recipe option: absent means "the recipe's value", shown in the help."""
+    defaults = RECIPES[DEFAULT_RECIPE]
+
+    def add(flag: str, **kwargs: Any) -> object:
+        dest = kwargs.setdefault("dest", flag.removeprefix("--").replace("-", "_"))
+        if kwargs.get("action") == "store_false":
+            kwargs["default"] = None
+        else:
+            kwargs.setdefault("help", "")
+            kwargs["help"] += f" ({DEFAULT_RECIPE}: {getattr(defaults, dest)})"
+        return parser.add_argument(flag, **kwargs)
+
+    return add
 
 
 def _data_options(parser: argparse.ArgumentParser) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import keras
+from keras import ops
 
 from core.preprocessing import INPUT_SHAPE, MAX_PIXEL
 from training.config import TrainConfig
@@ -38,14 +39,68 @@ def build_model(
 
 
 def compile_model(model: keras.Model, config: TrainConfig, steps_per_epoch: int) -> None:
-    """Labels are one-hot so that label smoothing applies."""
+    """Labels are one-hot so that label smoothing applies; with a teacher, targets are the labels
+    followed by the teacher's softened probabilities (training/augment.py) and the loss mixes both."""
     learning_rate: float | keras.optimizers.schedules.LearningRateSchedule = config.learning_rate
     if config.lr_schedule == "cosine":
         learning_rate = keras.optimizers.schedules.CosineDecay(
             config.learning_rate, decay_steps=max(1, steps_per_epoch * config.epochs)
         )
+    ema = {"use_ema": True, "ema_momentum": config.ema_momentum} if config.ema_momentum else {}
+    optimizer = _OPTIMIZERS[config.optimizer](learning_rate=learning_rate, **ema)
+    if config.teacher_epochs:
+        model.compile(
+            optimizer=optimizer,
+            loss=DistillationLoss(config.distill_temperature, config.distill_weight, config.label_smoothing),
+            metrics=[accuracy],
+        )
+        return
     model.compile(
-        optimizer=_OPTIMIZERS[config.optimizer](learning_rate=learning_rate),
+        optimizer=optimizer,
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
         metrics=["accuracy"],
     )
+
+
+class DistillationLoss(keras.losses.Loss):
+    """weight * T^2 * KL(teacher at T || student at T) + (1 - weight) * CE(labels, student).
+
+    The soft-target loss of Hinton et al. 2015, "Distilling the knowledge in a neural network".
+
+    The student outputs probabilities; log(p) are its logits up to a constant, which softmax ignores,
+    so softmax(log(p) / T) is the student softened at T.
+    """
+
+    def __init__(
+        self, temperature: float, weight: float, label_smoothing: float = 0.0, **kwargs: object
+    ) -> None:
+        super().__init__(name="distillation", **kwargs)
+        self.temperature = temperature
+        self.weight = weight
+        self.label_smoothing = label_smoothing
+
+    def call(self, y_true: object, y_pred: object) -> object:
+        labels, soft = ops.split(y_true, 2, axis=-1)
+        num_classes = ops.shape(y_pred)[-1]
+        if self.label_smoothing:
+            labels = labels * (1 - self.label_smoothing) + self.label_smoothing / num_classes
+        log_p = ops.log(ops.clip(y_pred, 1e-7, 1.0))
+        hard = -ops.sum(labels * log_p, axis=-1)
+        softened = ops.log_softmax(log_p / self.temperature, axis=-1)
+        taught = (
+            ops.sum(soft * (ops.log(ops.clip(soft, 1e-7, 1.0)) - softened), axis=-1) * self.temperature**2
+        )
+        return self.weight * taught + (1 - self.weight) * hard
+
+    def get_config(self) -> dict[str, object]:
+        return {
+            "temperature": self.temperature,
+            "weight": self.weight,
+            "label_smoothing": self.label_smoothing,
+        }
+
+
+def accuracy(y_true: object, y_pred: object) -> object:
+    """Accuracy against the labels, the first half of distillation targets."""
+    labels = ops.split(y_true, 2, axis=-1)[0]
+    return ops.cast(ops.argmax(labels, axis=-1) == ops.argmax(y_pred, axis=-1), "float32")

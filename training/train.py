@@ -7,15 +7,16 @@ from pathlib import Path
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from core.datasets import Dataset, Split
 from core.store import CURVES_FILE, HISTORY_FILE, ModelStore
+from training.augment import steps_per_epoch, training_data, validation_targets
 from training.callbacks import EpochProgress
 from training.config import TrainConfig
 from training.model import build_model, compile_model
 from training.plots import plot_learning_curves
 from training.publish import PromotePolicy, Provenance, TrainResult, publish_model, split_validation
+from training.teacher import accuracy_of, fit_teacher
 
 CHECKPOINT_FILE = "best.keras"
 
@@ -29,15 +30,23 @@ def train_and_publish(
 ) -> TrainResult:
     """Train on the dataset, publish the best epoch's model as a new version, and apply the policy."""
     train, validation = split_validation(dataset.train, config)
+    num_classes = len(dataset.class_names)
     started = time.monotonic()
-    model = fit(train, validation, len(dataset.class_names), config, run_dir)
+    teacher = fit_teacher(train, validation, num_classes, config, run_dir) if config.teacher_epochs else None
+    model = fit(train, validation, num_classes, config, run_dir, teacher)
     seconds = time.monotonic() - started
+    taught = {"teacher_validation_accuracy": round(accuracy_of(teacher, validation), 4)} if teacher else {}
 
     history = _read_history(run_dir / HISTORY_FILE)
     best_epoch = int(np.argmax(history["val_accuracy"])) + 1
     plot_learning_curves(history, best_epoch, run_dir / CURVES_FILE)
     provenance = Provenance(
-        training={**config.to_dict(), "train_samples": len(train), "dataset_source": dataset.source},
+        training={
+            **config.to_dict(),
+            **taught,
+            "train_samples": len(train),
+            "dataset_source": dataset.source,
+        },
         epochs_run=len(history["epoch"]),
         best_epoch=best_epoch,
         training_seconds=round(seconds, 1),
@@ -46,21 +55,29 @@ def train_and_publish(
     return publish_model(model, dataset, train, validation, store, provenance, promote)
 
 
-def fit(train: Split, validation: Split, num_classes: int, config: TrainConfig, run_dir: Path) -> keras.Model:
-    """Fit and return the best epoch's model. Re-running with the same run_dir resumes an interrupted job."""
+def fit(
+    train: Split,
+    validation: Split,
+    num_classes: int,
+    config: TrainConfig,
+    run_dir: Path,
+    teacher: keras.Model | None = None,
+) -> keras.Model:
+    """Fit and return the best epoch's model, taught by `teacher` when there is one (training/teacher.py).
+    Re-running with the same run_dir resumes an interrupted job."""
     run_dir.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(config.seed)
     model = build_model(num_classes, config.hidden_units, config.activation, config.dropout_rate)
-    steps_per_epoch = int(np.ceil(len(train) * (2 if config.augment_flip else 1) / config.batch_size))
-    compile_model(model, config, steps_per_epoch)
-    callbacks = [
+    compile_model(model, config, steps_per_epoch(train, config))
+    callbacks: list[keras.callbacks.Callback] = [
         # Stop once validation accuracy has not improved for `patience` epochs; keep the best weights.
         keras.callbacks.EarlyStopping(
-            monitor="val_accuracy", patience=config.patience, restore_best_weights=True
+            monitor="val_accuracy", mode="max", patience=config.patience, restore_best_weights=True
         ),
+        *([keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if config.ema_momentum else []),
         # The best epoch on disk survives a crash and is what gets published.
         keras.callbacks.ModelCheckpoint(
-            run_dir / CHECKPOINT_FILE, monitor="val_accuracy", save_best_only=True
+            run_dir / CHECKPOINT_FILE, monitor="val_accuracy", mode="max", save_best_only=True
         ),
         # Saves state every epoch; a re-run with the same run_dir resumes from the last finished epoch.
         keras.callbacks.BackupAndRestore(str(run_dir / "backup")),
@@ -68,9 +85,12 @@ def fit(train: Split, validation: Split, num_classes: int, config: TrainConfig, 
         keras.callbacks.CSVLogger(str(run_dir / HISTORY_FILE), append=True),
         EpochProgress(config.epochs),
     ]
-    validation_data = (validation.images.astype(np.float32), _one_hot(validation.labels, num_classes))
+    validation_data = (
+        validation.images.astype(np.float32),
+        validation_targets(validation, num_classes, config, teacher),
+    )
     model.fit(
-        _training_data(train, num_classes, config),
+        training_data(train, num_classes, config, teacher),
         validation_data=validation_data,
         epochs=config.epochs,
         callbacks=callbacks,
@@ -79,22 +99,6 @@ def fit(train: Split, validation: Split, num_classes: int, config: TrainConfig, 
     )
     best: keras.Model = keras.models.load_model(run_dir / CHECKPOINT_FILE, compile=False)
     return best
-
-
-def _training_data(train: Split, num_classes: int, config: TrainConfig) -> tf.data.Dataset:
-    images = train.images.astype(np.float32)
-    labels = _one_hot(train.labels, num_classes)
-    if config.augment_flip:
-        # Clothes look the same mirrored: each epoch sees every image and its mirror image.
-        images = np.concatenate([images, images[:, :, ::-1]])
-        labels = np.concatenate([labels, labels])
-    data = tf.data.Dataset.from_tensor_slices((images, labels))
-    data = data.shuffle(len(images), seed=config.seed, reshuffle_each_iteration=True)
-    return data.batch(config.batch_size).prefetch(tf.data.AUTOTUNE)
-
-
-def _one_hot(labels: np.ndarray, num_classes: int) -> np.ndarray:
-    return np.eye(num_classes, dtype=np.float32)[labels]
 
 
 def _read_history(path: Path) -> dict[str, list[float]]:
