@@ -25,6 +25,8 @@ from selenium.webdriver.support.ui import WebDriverWait
 from bench.attacks import running_service
 from bench.photos import product_photo
 from core.datasets import Dataset, find_fashion_mnist
+from core.metadata import ModelMetadata
+from core.store import ModelStore
 from tests.helpers import BUNDLED_STORE, REPO, require_tool
 
 pytestmark = pytest.mark.slow
@@ -206,13 +208,31 @@ def test_a_text_file_gets_a_readable_error_next_to_it(page: Page, files: dict[st
     assert "notes.txt" in page.newest_card().text
 
 
+def bundled() -> tuple[int, ModelMetadata]:
+    """The bundled store's current version and its metadata: what the page must show."""
+    store = ModelStore(BUNDLED_STORE, "fashion-mnist")
+    version = store.current_version()
+    assert version is not None
+    return version, store.read_metadata(version)
+
+
+def percent(fraction: float) -> str:
+    """As the page writes a share: 89.92 %."""
+    return f"{fraction * 100:.2f} %"
+
+
 def test_the_model_tab_shows_the_versions_metrics_figures_and_the_store(page: Page) -> None:
     page.find("#tab-model").click()
     page.wait(lambda: page.find_all("#model-info table"))
     info = page.find("#model-info").text
-    assert "fashion-mnist, version 2 (onnx)" in info
-    assert "Test accuracy\n89.92 %" in info and "Validation accuracy\n90.50 %" in info
-    assert "temperature 1.608" in info
+    version, meta = bundled()
+    assert meta.test and meta.validation and meta.calibration
+    assert f"fashion-mnist, version {version} (onnx)" in info
+    assert f"Test accuracy\n{percent(meta.test.accuracy)}" in info
+    assert f"Validation accuracy\n{percent(meta.validation.accuracy)}" in info
+    assert f"temperature {meta.calibration.temperature:.3f}" in info
+    # The recipe, and the teacher that taught the served MLP (the bundled version is distilled).
+    assert f"{meta.training['recipe']} recipe, Dense 448→128 (relu), taught by a CNN (12 epochs" in info
     for figure in page.find_all("#model-info .figures img"):
         page.wait(
             lambda figure=figure: page.driver.execute_script(
@@ -221,14 +241,16 @@ def test_the_model_tab_shows_the_versions_metrics_figures_and_the_store(page: Pa
         )
     assert len(page.find_all("#model-info .figures img")) == 2
     rows = [row.text for row in page.find_all("#model-info tbody tr")]
-    assert rows[0].startswith("1 ") and rows[1].startswith("2 ") and rows[1].endswith("served, promoted")
+    assert [row.split()[0] for row in rows] == [str(v) for v in range(1, version + 1)]
+    assert rows[-1].endswith("served, promoted") and not rows[0].endswith("promoted")
 
 
 def test_evaluate_shows_accuracy_per_class_metrics_and_the_confusion_matrix(page: Page) -> None:
     page.find("#tab-evaluate").click()
     page.find("#evaluate").click()
     page.wait(lambda: page.find_all("#confusion"), timeout_s=120)
-    assert "Accuracy\n89.92 %" in page.find("#evaluation").text
+    test = bundled()[1].test
+    assert test is not None and f"Accuracy\n{percent(test.accuracy)}" in page.find("#evaluation").text
     rows = page.find_all("#confusion tbody tr")
     assert len(rows) == 10
     counts = [[int(cell.text) for cell in row.find_elements(By.CSS_SELECTOR, "td")] for row in rows]

@@ -69,7 +69,7 @@ def test_probabilities_are_calibrated_and_accuracy_is_unchanged(
     metadata = ModelStore(BUNDLED_STORE, "fashion-mnist").read_metadata(body["model"]["version"])
     assert metadata.calibration is not None
     assert body["ece"] <= 0.015
-    assert metadata.calibration.before["test"].ece > 0.02  # what calibration started from
+    assert body["ece"] < metadata.calibration.before["test"].ece  # what calibration started from
     assert body["accuracy"] == pytest.approx(metadata.calibration.before["test"].accuracy, abs=0.001)
     assert sum(b["count"] for b in body["reliability"]) == 10_000
     assert body["ood_flagged"] <= 0.06

@@ -254,12 +254,18 @@ function facts(rows) {
 function recipe(training) {
   const t = training ?? {};
   const parts = [
+    t.recipe && `${t.recipe} recipe`,
     t.hidden_units && `Dense ${t.hidden_units.join("→")} (${t.activation})`,
+    t.teacher_epochs > 0 &&
+      `taught by a CNN (${t.teacher_epochs} epochs, ${percent(t.teacher_validation_accuracy, 2)} validation accuracy; ` +
+        `T = ${t.distill_temperature}, soft share ${t.distill_weight})`,
+    t.ema_momentum > 0 && `weight averaging ${t.ema_momentum}`,
     t.dropout_rate != null && `dropout ${t.dropout_rate}`,
     t.optimizer && `${t.optimizer}, lr ${t.learning_rate} (${t.lr_schedule})`,
     t.batch_size && `batch ${t.batch_size}`,
     t.label_smoothing != null && `label smoothing ${t.label_smoothing}`,
-    t.augment_flip != null && (t.augment_flip ? "flip augmentation" : "no augmentation"),
+    t.augment_flip != null && (t.augment_flip ? "flip augmentation" : "no flips"),
+    t.augment_shift > 0 && `shifts of ±${t.augment_shift} px`,
     t.train_samples && `${t.train_samples.toLocaleString()} training images`,
   ];
   return parts.filter(Boolean).join(", ");
