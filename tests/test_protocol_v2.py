@@ -73,6 +73,34 @@ def test_model_metadata_describes_inputs_and_outputs(client: triton.InferenceSer
     assert metadata["outputs"][0]["shape"] == [-1, 10]
 
 
+def test_the_model_configuration_is_tritons_for_its_tools(client: triton.InferenceServerClient) -> None:
+    config = client.get_model_config("fashion-mnist")
+    assert (config["name"], config["platform"], config["backend"]) == (
+        "fashion-mnist",
+        "onnxruntime_onnx",
+        "onnxruntime",
+    )
+    # Batched: dims leave out the batch dimension, and max_batch_size is what any request may carry.
+    assert config["max_batch_size"] == 1024  # MAX_INSTANCES
+    assert config["input"] == [{"name": "pixels", "data_type": "TYPE_FP32", "dims": [28, 28]}]
+    assert config["output"] == [
+        {"name": "probabilities", "data_type": "TYPE_FP32", "dims": [10]},
+        {"name": "ood_score", "data_type": "TYPE_FP32", "dims": [1], "reshape": {"shape": []}},
+        {"name": "ood", "data_type": "TYPE_BOOL", "dims": [1], "reshape": {"shape": []}},
+    ]
+    assert config["dynamic_batching"]["preferred_batch_size"] == [512]  # MAX_BATCH_IMAGES
+    assert config["version_policy"] == {"specific": {"versions": ["1"]}}
+    second = client.get_model_config("fashion-mnist", "2")
+    assert second["version_policy"] == {"specific": {"versions": ["2"]}}
+    assert "model_configuration" in client.get_server_metadata()["extensions"]
+    with pytest.raises(InferenceServerException) as unknown:
+        client.get_model_config("no-such-model")
+    assert unknown.value.status() == "404"
+    with pytest.raises(InferenceServerException) as missing:
+        client.get_model_config("fashion-mnist", "7")
+    assert missing.value.status() == "404"
+
+
 @pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
 def test_infer_returns_the_probabilities_of_predict(
     client: triton.InferenceServerClient, url: str, binary: bool

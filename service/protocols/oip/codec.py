@@ -79,6 +79,31 @@ def output_specs(model: LoadedModel) -> list[TensorSpec]:
     return outputs
 
 
+def model_config(model: LoadedModel, max_batch_size: int, max_batch_images: int) -> dict[str, Any]:
+    """Triton's model configuration (model_config.proto in its JSON form), which perf_analyzer and
+    Triton's clients read: dims exclude the batch dimension, since max_batch_size > 0 (the most images
+    any one request may carry); a per-image scalar is dims [1] reshaped to [] so the tensor is [-1]."""
+    onnx = model.engine.kind == "onnx"
+
+    def tensor(spec: TensorSpec) -> dict[str, Any]:
+        dims = spec.shape[1:]
+        entry: dict[str, Any] = {"name": spec.name, "data_type": f"TYPE_{spec.datatype}", "dims": dims or [1]}
+        return entry if dims else {**entry, "reshape": {"shape": []}}
+
+    return {
+        "name": model.name,
+        "platform": "onnxruntime_onnx" if onnx else "tensorflow_keras",
+        "backend": "onnxruntime" if onnx else "tensorflow",
+        "version_policy": {"specific": {"versions": [str(model.version)]}},
+        "max_batch_size": max_batch_size,
+        "input": [tensor(input_spec(model))],
+        "output": [tensor(spec) for spec in output_specs(model)],
+        # The batcher takes what is queued, up to max_batch_images, without waiting for more.
+        "dynamic_batching": {"preferred_batch_size": [max_batch_images], "max_queue_delay_microseconds": 0},
+        "instance_group": [{"name": model.name, "kind": "KIND_CPU", "count": 1}],
+    }
+
+
 def output_names(model: LoadedModel) -> list[str]:
     return [spec.name for spec in output_specs(model)]
 

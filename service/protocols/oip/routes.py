@@ -26,7 +26,7 @@ repository = APIRouter(
 SERVER = {
     "name": "fashion-serving",
     "version": __version__,
-    "extensions": ["binary_tensor_data", "classification", "model_repository"],
+    "extensions": ["binary_tensor_data", "classification", "model_configuration", "model_repository"],
 }
 
 
@@ -90,6 +90,15 @@ async def server_metadata() -> dict[str, Any]:
 async def model_metadata(dataplane: DataPlaneDep, name: str, version: int | None = None) -> dict[str, Any]:
     model = await dataplane.model(name, version)
     return codec.model_metadata(model, await dataplane.store_versions(model.name))
+
+
+@router.get("/models/{name}/config", summary="Triton's model configuration (the served version)")
+@router.get("/models/{name}/versions/{version}/config", summary="Triton's model configuration of a version")
+async def model_config(request: Request, name: str, version: int | None = None) -> dict[str, Any]:
+    shared = services(request)
+    model = await shared.dataplane.model(name, version)
+    settings = shared.settings
+    return codec.model_config(model, settings.max_instances, settings.max_batch_images)
 
 
 @router.get("/models/{name}/ready", summary="Whether the model's served version is ready")
