@@ -28,8 +28,8 @@ CHECKPOINT_FILE = "best.keras"
 def build_teacher(num_classes: int) -> keras.Model:
     """Two convolution layers, each pooled, and a dense head, giving logits (raw 0-255 pixels in).
 
-    Small on purpose: it trains in about 20 s an epoch on two cores (two convolutions per block
-    cost five times as much for a few tenths of a point).
+    Small on purpose: about 40 s an epoch on two cores here, 0.93 validation accuracy in 12 epochs
+    (two convolutions per block took 100 s an epoch).
     """
     inputs = keras.Input(shape=INPUT_SHAPE, name="pixels")
     x = keras.layers.Rescaling(1.0 / MAX_PIXEL)(inputs)
