@@ -108,6 +108,7 @@ def servers(version_dir: Path) -> list[ServerSpec]:
             (("MODEL_STORE", str(STORE)), ("LOG_LEVEL", "warning"), ("HTTP_IMPL", "h11")),
         ),
         ServerSpec("fast_echo", "bench.servers.fast_echo", ("json1",)),
+        ServerSpec("asgi_echo", "bench.servers.asgi_echo", ("json1",)),
         ServerSpec("pydantic_echo", "bench.servers.pydantic_echo", ("json1",)),
         ServerSpec(
             "litserve",
@@ -217,6 +218,8 @@ def ratios(results: list[Result]) -> dict[str, float]:
             out[key] = getattr(by[a], attr) / getattr(by[b], attr)
 
     put("json1@64 service / fast_echo (target >= 0.8)", ("service", "json1", 64), ("fast_echo", "json1", 64))
+    put("json1@64 service / asgi_echo (no framework)", ("service", "json1", 64), ("asgi_echo", "json1", 64))
+    put("json1@64 fast_echo / asgi_echo (FastAPI)", ("fast_echo", "json1", 64), ("asgi_echo", "json1", 64))
     put(
         "json1@64 service / pydantic_echo (target >= 2.5)",
         ("service", "json1", 64),

@@ -26,7 +26,7 @@ def test_the_bench_harness_runs_for_a_second(tmp_path: Path) -> None:
             "--connections",
             "1,4",
             "--only",
-            "service,fast_echo",
+            "service,fast_echo,asgi_echo",
             "--workloads",
             "json1,bin4096,v2bin1,v2json1,v1json1",
             "--output",
@@ -40,7 +40,7 @@ def test_the_bench_harness_runs_for_a_second(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     report = json.loads((tmp_path / "results.json").read_text())
     rows = {(r["server"], r["workload"], r["connections"]): r for r in report["results"]}
-    assert set(rows) == {(s, "json1", c) for s in ("service", "fast_echo") for c in (1, 4)} | {
+    assert set(rows) == {(s, "json1", c) for s in ("service", "fast_echo", "asgi_echo") for c in (1, 4)} | {
         ("service", w, c) for w in ("bin4096", "v2bin1", "v2json1", "v1json1") for c in (1, 4)
     }
     assert all(r["requests"] > 0 and r["errors"] == 0 and r["non_2xx"] == 0 for r in rows.values())
