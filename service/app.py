@@ -73,5 +73,6 @@ def create_app(settings: Settings) -> FastAPI:
         min_rate=settings.min_body_rate,
         metrics=metrics,
     )
-    app.add_middleware(ObservabilityMiddleware, metrics=metrics)  # outermost: sees every response
+    # Outermost: sees every response.
+    app.add_middleware(ObservabilityMiddleware, metrics=metrics, access_log=services.access_log)
     return app

@@ -1,6 +1,7 @@
-"""What the routes use, built once per app: the settings, the metrics, the worker group, and (from the
-lifespan, which has the event loop) the data plane, the decode pool, the evaluation slots and the test
-set. Reached through one typed accessor, `services(request)`, instead of attributes of app.state."""
+"""What the routes use, built once per app: the settings, the metrics, the worker group, the access
+log, and (from the lifespan, which has the event loop) the data plane, the decode pool, the evaluation
+slots and the test set. Reached through one typed accessor, `services(request)`, instead of attributes
+of app.state."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from starlette.types import ASGIApp
 from service.http.bodies import Limits
 from service.http.offload import DecodePool
 from service.inference.dataplane import DataPlane
+from service.logs import AccessLog
 from service.metrics import Metrics
 from service.protocols.native.testset import TestSet
 from service.settings import Settings
@@ -24,6 +26,7 @@ class Services:
     settings: Settings
     metrics: Metrics
     workers: WorkerGroup | None  # None unless this process is one of WORKERS > 1
+    access_log: AccessLog = field(default_factory=AccessLog)  # enabled by LOG_LEVEL, read once here
     dataplane: DataPlane = field(init=False)
     decode_pool: DecodePool = field(init=False)
     evaluations: asyncio.Semaphore = field(init=False)  # MAX_EVALUATIONS slots
@@ -40,10 +43,12 @@ class Services:
         self.evaluations = asyncio.Semaphore(self.settings.max_evaluations)
         self.test_set = TestSet(self.settings.fashion_mnist_dir)
         self.dataplane.start()
+        self.access_log.start()
 
     async def stop(self) -> None:
         await self.dataplane.stop()
         self.decode_pool.shutdown()
+        self.access_log.stop()  # every request has ended: their lines are all buffered
 
 
 def services_of(app: ASGIApp) -> Services:

@@ -3,16 +3,21 @@ request ids."""
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import numpy as np
 import onnx
 import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.attacks import running_service
 from core.datasets import load_fashion_mnist
 from tests.helpers import image_bytes, make_client, synthetic_images
 
@@ -333,12 +338,52 @@ def test_errors_echo_a_long_client_value_only_shortened(secured: TestClient, pat
     assert response.status_code == 404 and len(response.content) < 500, response.text[:200]
 
 
-def test_access_logs_never_contain_payloads(client: TestClient, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level("INFO", logger="service.access")
-    client.post("/predict", json={"instances": [[123.456] * 784]}, headers={"X-Request-ID": "trace-1"})
-    record = next(r for r in caplog.records if getattr(r, "request_id", None) == "trace-1")
-    assert (record.path, record.status) == ("/predict", 200)  # type: ignore[attr-defined]
-    assert "123.456" not in caplog.text
+ACCESS_FIELDS = {"time", "level", "logger", "message", "request_id", "method", "path", "status"}
+
+
+def test_access_log_lines_hold_no_payload_and_a_graceful_stop_loses_none(
+    tiny_store: Path, tmp_path: Path
+) -> None:
+    log = tmp_path / "server.log"
+    with running_service({"MODEL_STORE": str(tiny_store), "LOG_LEVEL": "info"}, log=log) as (port, server):
+        for number in range(40):
+            response = httpx.post(
+                f"http://127.0.0.1:{port}/predict",
+                json={"instances": [[123.456] * 784]},
+                headers={"X-Request-ID": f"trace-{number}"},
+            )
+            assert response.status_code == 200
+        server.send_signal(signal.SIGTERM)  # at once: the last lines are still buffered
+        # uvicorn finishes in-flight requests, then re-raises SIGTERM so the exit status reports it.
+        assert server.wait(timeout=30) in (0, -signal.SIGTERM)
+    text = log.read_text()
+    assert "123.456" not in text
+    lines = [json.loads(line) for line in text.splitlines() if '"service.access"' in line]
+    traced = [line for line in lines if line["request_id"].startswith("trace-")]
+    assert [line["request_id"] for line in traced] == [f"trace-{n}" for n in range(40)]
+    for line in traced:
+        assert set(line) == ACCESS_FIELDS | {"duration_ms", "client"}
+        assert (line["level"], line["message"]) == ("info", "request")
+        assert (line["method"], line["path"]) == ("POST", "/predict")
+        assert line["status"] == 200 and line["duration_ms"] > 0 and line["client"] == "127.0.0.1"
+
+
+def test_the_access_log_writes_whole_lines_and_escapes_what_orjson_cannot_encode(tmp_path: Path) -> None:
+    from service.logs import AccessLog
+
+    path = tmp_path / "access.log"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT)
+    try:
+        access = AccessLog(fd)
+        paths = ["/" + "p" * 10_000, "/caf\udce9", *[f"/{n}" for n in range(300)]]  # a line past PIPE_BUF
+        for number, route in enumerate(paths):
+            access.record({"request_id": str(number), "path": route})
+        access.flush()
+    finally:
+        os.close(fd)
+    written = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [line["path"] for line in written] == paths
+    assert [line["request_id"] for line in written] == [str(n) for n in range(len(paths))]
 
 
 def test_the_test_set_is_read_once_and_shared(

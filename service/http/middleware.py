@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import logging
 import os
 import re
 import time
@@ -18,17 +17,18 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.errors import BodyTimeout, Overloaded, response_for
 from service.http.validate import digits
+from service.logs import AccessLog
 from service.metrics import Metrics
 
-access_log = logging.getLogger("service.access")
 REQUEST_ID_HEADER = b"x-request-id"
 _SAFE_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
 
 
 class ObservabilityMiddleware:
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics, access_log: AccessLog) -> None:
         self.app = app
         self.metrics = metrics
+        self.access_log = access_log
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -62,17 +62,16 @@ class ObservabilityMiddleware:
             elapsed = time.perf_counter() - started
             route = getattr(scope.get("route"), "path", "unmatched")
             self.metrics.observe_request(route, scope["method"], status, elapsed)
-            if access_log.isEnabledFor(logging.INFO):
-                access_log.info(
-                    "request",
-                    extra={
+            if self.access_log.enabled:
+                self.access_log.record(
+                    {
                         "request_id": request_id,
                         "method": scope["method"],
                         "path": scope["path"],
                         "status": status,
                         "duration_ms": round(elapsed * 1000, 3),
                         "client": (scope.get("client") or ("-",))[0],
-                    },
+                    }
                 )
 
 
