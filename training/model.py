@@ -47,18 +47,13 @@ def compile_model(model: keras.Model, config: TrainConfig, steps_per_epoch: int)
             config.learning_rate, decay_steps=max(1, steps_per_epoch * config.epochs)
         )
     ema = {"use_ema": True, "ema_momentum": config.ema_momentum} if config.ema_momentum else {}
-    optimizer = _OPTIMIZERS[config.optimizer](learning_rate=learning_rate, **ema)
-    if config.teacher_epochs:
-        model.compile(
-            optimizer=optimizer,
-            loss=DistillationLoss(config.distill_temperature, config.distill_weight, config.label_smoothing),
-            metrics=[accuracy],
-        )
-        return
+    taught = config.teacher_epochs > 0
     model.compile(
-        optimizer=optimizer,
-        loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
-        metrics=["accuracy"],
+        optimizer=_OPTIMIZERS[config.optimizer](learning_rate=learning_rate, **ema),
+        loss=DistillationLoss(config.distill_temperature, config.distill_weight, config.label_smoothing)
+        if taught
+        else keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
+        metrics=[accuracy if taught else "accuracy"],
     )
 
 
