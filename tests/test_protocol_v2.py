@@ -101,6 +101,26 @@ def test_the_model_configuration_is_tritons_for_its_tools(client: triton.Inferen
     assert missing.value.status() == "404"
 
 
+@pytest.mark.parametrize(
+    ("path", "status"),
+    [
+        ("/v2/models/fashion-mnist/versions/abc/config", 400),
+        ("/v2/models/fashion-mnist/versions/1e3/config", 400),
+        ("/v2/models/fashion-mnist/versions/" + "9" * 20_000 + "/config", 400),
+        ("/v2/models/fashion-mnist/versions/99999999999999999999/config", 404),
+        ("/v2/models/fashion-mnist/versions/-1/config", 404),
+        ("/v2/models/fashion-mnist/versions/0/config", 404),
+        ("/v2/models/" + "x" * 20_000 + "/config", 404),
+    ],
+)
+def test_a_configuration_asked_for_a_bad_model_or_version_is_a_short_4xx(
+    url: str, path: str, status: int
+) -> None:
+    response = httpx.get(f"http://{url}{path}")
+    assert response.status_code == status and len(response.content) < 500, response.text[:200]
+    assert set(response.json()) == {"error"}
+
+
 @pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
 def test_infer_returns_the_probabilities_of_predict(
     client: triton.InferenceServerClient, url: str, binary: bool
